@@ -1,0 +1,387 @@
+"""AlexNet with the paper's two towers (section 3.5, Figure 2) in Flax linen.
+
+The net is written once, per tower, with activations carried as a list that
+holds one array per tower this call computes:
+
+* ``model_axis=None`` (default): both towers run on this device, each group
+  as its own convolution (XLA:CPU is several times slower at the equivalent
+  ``feature_group_count=2`` convolution), and a crossing concatenates the
+  towers' channels.
+* ``model_axis='model'``: inside ``jax.shard_map`` over a mesh axis of that
+  name with one tower per device, this call computes the local tower only and
+  a crossing is a collective over the axis.
+
+Every tower parameter carries a leading tower axis (2 for the paper's net), so
+the same parameter tree serves both modes: sharding that axis over ``'model'``
+hands each device exactly its tower. The towers meet at the paper's four
+places only: conv3's, fc6's and fc7's inputs (all-gather of channels) and
+fc8's input, where, as in cuda-convnet's two-GPU layer file, fc8 holds one
+weight block per tower and sums the blocks' products (``psum``). fc8's bias is
+shared, not per tower.
+
+Input size (the 224/227 puzzle, paper.md): we follow cuda-convnet, which
+computes ``1 + ceil((img - 11) / 4)`` conv1 positions. A 224x224 input is
+padded by 3 pixels at the bottom and right (the kernel's overhang), giving
+55x55; a 227x227 input needs no padding and gives the same 55x55. Shapes
+then go 55 -> 27 (pool) -> 27 (conv2) -> 13 (pool) -> 13 (conv3-5) -> 6.
+
+``towers=1`` is the paper's one-GPU comparison net (section 3.2 and its
+footnote): one tower with the per-tower kernel counts in conv1-conv4, but a
+full-size conv5 (256 kernels) and full-size fc6/fc7 (4096 units) so that the
+two nets have about the same number of parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from alexnet_jax import lrn
+from alexnet_jax import pooling
+
+# Paper Figure 2. Per-tower kernel counts of conv1-conv4 (the same in the
+# one-tower comparison net); conv5 and the hidden FC layers are given for the
+# whole net and divided among the towers.
+CONV_FEATURES_PER_TOWER = (48, 128, 192, 192)
+CONV5_FEATURES = 256
+FC_FEATURES = 4096
+# (kernel size, stride) of conv1-conv5; conv2-5 are padded to keep their size.
+CONV_KERNELS = ((11, 4), (5, 1), (3, 1), (3, 1), (3, 1))
+# Paper section 5: weights N(0, 0.01); biases 1 where a ReLU should start
+# with positive input (conv2, conv4, conv5, fc6, fc7), 0 elsewhere.
+INIT_STDDEV = 0.01
+BIAS_ONE_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'relu': nn.relu,
+    'tanh': jnp.tanh,
+}
+
+
+def conv1_output_size(image_size: int) -> int:
+  """cuda-convnet's ``1 + ceil((img - 11) / 4)`` positions for conv1."""
+  kernel, stride = CONV_KERNELS[0]
+  return 1 + math.ceil((image_size - kernel) / stride)
+
+
+def feature_sizes(image_size: int, pool_window: int = 3,
+                  pool_stride: int = 2) -> tuple[int, int, int, int]:
+  """Spatial sizes after conv1, pool1, pool2 and pool3 (55, 27, 13, 6 at 224).
+
+  Raises:
+    ValueError: if the image is too small for three poolings.
+  """
+  sizes = [conv1_output_size(image_size)]
+  for _ in range(3):
+    if sizes[-1] < pool_window:
+      raise ValueError(
+          f'image_size={image_size} is too small for AlexNet with pooling '
+          f'window {pool_window}, stride {pool_stride}: a pooling input would '
+          f'be {sizes[-1]}x{sizes[-1]}, smaller than its window. Use '
+          f'image_size >= {min_image_size(pool_window, pool_stride)}.')
+    sizes.append((sizes[-1] - pool_window) // pool_stride + 1)
+  return tuple(sizes)
+
+
+def min_image_size(pool_window: int = 3, pool_stride: int = 2) -> int:
+  """The smallest square input that survives conv1 and three poolings."""
+  need = pool_window  # the last pooling's input
+  for _ in range(2):
+    need = (need - 1) * pool_stride + pool_window
+  kernel, stride = CONV_KERNELS[0]
+  # Smallest image with 1 + ceil((img - kernel) / stride) >= need.
+  return (need - 2) * stride + kernel + 1
+
+
+def gather_towers(xs: Sequence[jax.Array],
+                  axis_name: str | None) -> list[jax.Array]:
+  """Hands every tower the channels of all towers (a paper crossing).
+
+  Channels are ordered tower 0 first, on one device and across devices alike.
+  """
+  if axis_name is None:
+    full = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
+    return [full] * len(xs)
+  # Crosses devices: each device receives the other tower's activations.
+  (x,) = xs
+  return [lax.all_gather(x, axis_name, axis=x.ndim - 1, tiled=True)]
+
+
+def sum_towers(partial: jax.Array, axis_name: str | None) -> jax.Array:
+  """Adds the towers' partial products at fc8 (one weight block per tower).
+
+  On one device the local blocks were already summed by a single matmul.
+  """
+  if axis_name is None:
+    return partial
+  # Crosses devices: each device receives the other tower's partial logits.
+  return lax.psum(partial, axis_name)
+
+
+def tower_index(local_index: int, axis_name: str | None) -> jax.Array | int:
+  """The global tower number of the ``local_index``-th tower of this call."""
+  if axis_name is None:
+    return local_index
+  return lax.axis_index(axis_name)
+
+
+def _normal(stddev):
+  return nn.initializers.normal(stddev=stddev)
+
+
+def _conv(x, kernel, stride, padding):
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class TowerConv(nn.Module):
+  """One convolution per tower; kernel ``(towers, kh, kw, in, out)``.
+
+  Even where the towers read the same input (conv1, conv3) they stay separate
+  convolutions: XLA:CPU then runs the two towers side by side on two cores,
+  which measured faster than one convolution with both towers' kernels.
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: Any = 'SAME'
+  bias_init_value: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
+    k = self.kernel_size
+    shape = (len(xs), k, k, xs[0].shape[-1], self.features)
+    kernel = self.param('kernel', _normal(INIT_STDDEV), shape)
+    kernel = kernel.astype(self.dtype)
+    bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
+                      (len(xs), self.features)).astype(self.dtype)
+    return [_conv(x, kernel[t], self.stride, self.padding) + bias[t]
+            for t, x in enumerate(xs)]
+
+
+class TowerDense(nn.Module):
+  """One dense layer per tower; kernel ``(towers, in, out)``.
+
+  The towers run as one batched matmul over the tower axis, so the large
+  fc6/fc7 kernels are never sliced (XLA:CPU copies a slice).
+  """
+  features: int
+  bias_init_value: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
+    shape = (len(xs), xs[0].shape[-1], self.features)
+    kernel = self.param('kernel', _normal(INIT_STDDEV), shape)
+    bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
+                      (len(xs), self.features))
+    y = jnp.einsum('tbi,tio->tbo', jnp.stack(xs), kernel.astype(self.dtype))
+    return list(y + bias[:, None, :].astype(self.dtype))
+
+
+class BlockSumDense(nn.Module):
+  """fc8: each tower multiplies its own inputs by its own block; sum + bias.
+
+  Kernel ``(towers, in_per_tower, out)``, bias ``(out,)`` shared by the towers.
+  The local towers' blocks are one matmul over the concatenated inputs.
+  """
+  features: int
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
+    shape = (len(xs), xs[0].shape[-1], self.features)
+    kernel = self.param('kernel', _normal(INIT_STDDEV), shape)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
+    partial = x @ kernel.reshape(-1, self.features).astype(self.dtype)
+    return sum_towers(partial, self.axis_name) + bias.astype(self.dtype)
+
+
+class AlexNet(nn.Module):
+  """The paper's network; ``apply(variables, images, train=...)`` on NHWC.
+
+  Attributes:
+    num_classes: size of the final softmax (paper: 1000).
+    towers: 2 (the paper's split net) or 1 (the one-tower comparison net).
+    activation: 'relu' (paper) or 'tanh' (the Figure 1 comparison).
+    use_lrn: local response normalization after conv1 and conv2's ReLU.
+    lrn_depth_radius, lrn_bias, lrn_alpha, lrn_beta: LRN settings in the
+      paper's convention (alpha per squared term), see ``lrn.py``.
+    pool_window, pool_stride: max pooling (paper: overlapping 3/2).
+    width: multiplier on every layer's width, for small CPU variants.
+    image_size: the square input size this net expects (224 or 227 give the
+      paper's shapes; smaller sizes give small CPU variants).
+    dropout_rate: on fc6's and fc7's outputs when ``train=True``.
+    dtype: compute dtype (bfloat16 computes in bfloat16 with float32
+      parameters; LRN accumulates in float32; logits are float32).
+    model_axis: name of the mesh axis the towers are split over inside
+      ``shard_map``; None runs all towers on this device.
+  """
+  num_classes: int = 1000
+  towers: int = 2
+  activation: str = 'relu'
+  use_lrn: bool = True
+  lrn_depth_radius: int = lrn.PAPER['depth_radius']
+  lrn_bias: float = lrn.PAPER['bias']
+  lrn_alpha: float = lrn.PAPER['alpha']
+  lrn_beta: float = lrn.PAPER['beta']
+  pool_window: int = 3
+  pool_stride: int = 2
+  width: float = 1.0
+  image_size: int = 224
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+  model_axis: str | None = None
+
+  def __post_init__(self):
+    _validate_fields(self)
+    super().__post_init__()
+
+  def _width(self, n: int) -> int:
+    return max(1, round(n * self.width))
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """Logits (float32) for NHWC ``images``; ``train`` turns dropout on.
+
+    Each layer's per-tower outputs (after the activation; pool1, pool2 after
+    LRN and pooling) are sown as ``'<layer>_out'`` (``'fc7_out'``, ...) into
+    the ``'intermediates'`` collection when it is mutable:
+    ``apply(..., mutable=['intermediates'])``.
+    """
+    self.check_images(images)
+    act = lambda xs: [ACTIVATIONS[self.activation](x) for x in xs]
+    c1, c2, c3, c4 = (self._width(n) for n in CONV_FEATURES_PER_TOWER)
+    c5 = self._width(CONV5_FEATURES // self.towers)
+    fc = self._width(FC_FEATURES // self.towers)
+
+    local_towers = 1 if self.model_axis is not None else self.towers
+    xs = [images.astype(self.dtype)] * local_towers
+    xs = self._sow('conv1', act(self._conv('conv1', c1)(xs)))
+    xs = self._sow('pool1', self._pool(self._norm(xs)))
+    xs = self._sow('conv2', act(self._conv('conv2', c2)(xs)))
+    xs = self._sow('pool2', self._pool(self._norm(xs)))
+    xs = gather_towers(xs, self.model_axis)  # crossing 1: conv3's input
+    xs = self._sow('conv3', act(self._conv('conv3', c3)(xs)))
+    xs = self._sow('conv4', act(self._conv('conv4', c4)(xs)))
+    xs = self._sow('conv5', act(self._conv('conv5', c5)(xs)))
+    xs = self._sow('pool5', self._pool(xs))
+    xs = [x.reshape(x.shape[0], -1) for x in xs]
+    for salt, name in enumerate(('fc6', 'fc7')):
+      xs = gather_towers(xs, self.model_axis)  # crossings 2, 3: fc6/fc7 input
+      xs = self._sow(name, act(self._dense(name, fc)(xs)))
+      xs = self._dropout(xs, train, salt)
+    # Crossing 4: fc8's input, as a sum of per-tower blocks.
+    logits = BlockSumDense(self.num_classes, axis_name=self.model_axis,
+                           dtype=self.dtype, name='fc8')(xs)
+    return logits.astype(jnp.float32)
+
+  def _conv(self, name: str, features: int) -> TowerConv:
+    index = int(name[-1]) - 1
+    kernel, stride = CONV_KERNELS[index]
+    padding = 'SAME'
+    if index == 0:  # cuda-convnet's overhang, see the module docstring
+      overhang = ((conv1_output_size(self.image_size) - 1) * stride + kernel
+                  - self.image_size)
+      padding = ((0, overhang), (0, overhang))
+    return TowerConv(features, kernel, stride, padding, name=name,
+                     bias_init_value=float(name in BIAS_ONE_LAYERS),
+                     dtype=self.dtype)
+
+  def _dense(self, name: str, features: int) -> TowerDense:
+    return TowerDense(features, bias_init_value=float(name in BIAS_ONE_LAYERS),
+                      dtype=self.dtype, name=name)
+
+  def _sow(self, name: str, xs: list[jax.Array]) -> list[jax.Array]:
+    self.sow('intermediates', f'{name}_out', tuple(xs))
+    return xs
+
+  def _norm(self, xs):
+    if not self.use_lrn:
+      return xs
+    # Per tower: the window never crosses the tower boundary (paper.md).
+    return [lrn.local_response_norm(
+        x, depth_radius=self.lrn_depth_radius, bias=self.lrn_bias,
+        alpha=self.lrn_alpha, beta=self.lrn_beta) for x in xs]
+
+  def _pool(self, xs):
+    w, s = self.pool_window, self.pool_stride
+    return [pooling.max_pool(x, w, s) for x in xs]
+
+  def _dropout(self, xs, train, salt):
+    if not train or self.dropout_rate == 0.0:
+      return xs
+    rng = jax.random.fold_in(self.make_rng('dropout'), salt)
+    keep = 1.0 - self.dropout_rate
+    out = []
+    for t, x in enumerate(xs):
+      # Each tower draws its own mask, the same one wherever it runs.
+      key = jax.random.fold_in(rng, tower_index(t, self.model_axis))
+      mask = jax.random.bernoulli(key, keep, x.shape)
+      out.append(jnp.where(mask, x / keep, 0).astype(x.dtype))
+    return out
+
+  def check_images(self, images) -> None:
+    """Raises ValueError unless ``images`` is ``(N, image_size, image_size, 3)``."""
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[-1] != 3:
+      raise ValueError(
+          f'AlexNet expects NHWC RGB images of shape (batch, {self.image_size}, '
+          f'{self.image_size}, 3); got shape {shape}. Add a batch axis or '
+          f'move channels last.')
+    if shape[1:3] != (self.image_size, self.image_size):
+      raise ValueError(
+          f'AlexNet was built for image_size={self.image_size} but got '
+          f'{shape[1]}x{shape[2]} images (shape {shape}). Resize or crop the '
+          f'images, or set image_size={shape[1]} (square inputs only).')
+
+
+def _validate_fields(m: AlexNet) -> None:
+  if m.activation not in ACTIVATIONS:
+    raise ValueError(f'Unknown activation {m.activation!r}; use one of '
+                     f'{sorted(ACTIVATIONS)}.')
+  if m.towers not in (1, 2):
+    raise ValueError(f'towers must be 2 (the paper net) or 1 (one tower, half '
+                     f'the kernels); got towers={m.towers!r}.')
+  if not isinstance(m.num_classes, int) or m.num_classes < 1:
+    raise ValueError(f'num_classes must be a positive integer; got '
+                     f'{m.num_classes!r}.')
+  if not 0.0 <= m.dropout_rate < 1.0:
+    raise ValueError(f'dropout_rate must be in [0, 1); got {m.dropout_rate!r}.')
+  if not m.width > 0:
+    raise ValueError(f'width must be > 0 (1.0 is the paper net); got '
+                     f'{m.width!r}.')
+  if not 1 <= m.pool_window <= 11 or m.pool_stride < 1:
+    raise ValueError(f'pool_window must be in [1, 11] and pool_stride >= 1 '
+                     f'(paper: 3 and 2); got {m.pool_window}, {m.pool_stride}.')
+  if m.use_lrn:
+    lrn.check_args(m.lrn_depth_radius, m.lrn_bias, m.lrn_alpha, m.lrn_beta)
+  feature_sizes(m.image_size, m.pool_window, m.pool_stride)
+
+
+def num_params(params) -> int:
+  """Total number of parameters in a tree."""
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+SHARED_PARAMS = (('fc8', 'bias'),)
+
+
+def tower_axes(params):
+  """A tree like ``params``: 0 where a leaf's leading axis is the tower axis,
+  None for the parameters all towers share (fc8's bias).
+
+  Usable as ``jax.vmap`` ``in_axes`` and to build sharding specs.
+  """
+  def axis(path, _):
+    names = tuple(getattr(k, 'key', k) for k in path)
+    return None if names[-2:] in SHARED_PARAMS else 0
+  return jax.tree_util.tree_map_with_path(axis, params)
