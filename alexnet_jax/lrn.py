@@ -72,15 +72,24 @@ def check_args(depth_radius, bias, alpha, beta):
     raise ValueError(f'LRN beta must be >= 0; got beta={beta!r}.')
 
 
-def _window_sum(v: jax.Array, radius: int) -> jax.Array:
-  """Sum of ``v`` over channels ``[i - radius, i + radius]``, clipped at the ends.
+# Up to this many channels the window sum is a matmul with a 0/1 band matrix:
+# C multiply-adds per element instead of 2r+1 adds, but they run at matmul
+# speed. Measured in the full train step on a 2-core CPU: the matmul is
+# faster for conv1's 48 channels per tower, the shifted slices for conv2's 128.
+_BAND_MATMUL_MAX_CHANNELS = 64
 
-  Zero-padding the channel axis and adding shifted slices is the clipped sum
-  and fuses into one elementwise loop in XLA.
-  """
+
+def _window_sum(v: jax.Array, radius: int) -> jax.Array:
+  """Sum of ``v`` over channels ``[i - radius, i + radius]``, clipped at the ends."""
+  channels = v.shape[-1]
   if radius == 0:
     return v
-  channels = v.shape[-1]
+  if channels <= _BAND_MATMUL_MAX_CHANNELS:
+    i = jnp.arange(channels)
+    band = (jnp.abs(i[:, None] - i[None, :]) <= radius).astype(v.dtype)
+    # HIGHEST: no TF32 or bfloat16 passes on accelerators; this is a sum.
+    return jnp.matmul(v, band, precision=jax.lax.Precision.HIGHEST)
+  # Zero-padding the channel axis and adding shifted slices is the clipped sum.
   padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(radius, radius)])
   return sum(padded[..., j:j + channels] for j in range(2 * radius + 1))
 

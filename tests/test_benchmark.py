@@ -1,0 +1,61 @@
+"""The benchmark command: one JSON line with the documented fields."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_jax import benchmark
+from configs import imagenet
+
+FIELDS = {'images_per_sec', 'step_ms', 'compile_s', 'batch_size',
+          'image_size', 'dtype', 'devices', 'backend'}
+
+
+def small_config():
+  config = imagenet.get_config()
+  config.batch_size = 2
+  config.model.update(width=0.0625, image_size=64, num_classes=10)
+  return config
+
+
+def test_benchmark_reports_step_and_lrn_share():
+  result = benchmark.benchmark(small_config(), steps=2, warmup=1,
+                               lrn_share=True)
+  assert FIELDS <= set(result)
+  assert result['batch_size'] == 2 and result['image_size'] == 64
+  assert result['backend'] == 'cpu' and result['devices'] == 1
+  assert result['images_per_sec'] == pytest.approx(
+      2 / (result['step_ms'] / 1e3), rel=0.01)
+  assert result['images_per_sec_without_lrn'] > 0
+  assert result['lrn_share'] < 1
+
+
+def test_command_line_prints_one_json_line():
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.benchmark',
+       '--config=configs/imagenet.py', '--config.batch_size=2',
+       '--config.model.width=0.0625', '--config.model.image_size=64',
+       '--steps=1', '--warmup=0'],
+      capture_output=True, text=True, check=True, timeout=300)
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert FIELDS <= set(result) and result['batch_size'] == 2
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(steps=0, warmup=0, lrn_share=False), 'steps=0'),
+    (dict(steps=1, warmup=-1, lrn_share=False), 'warmup=-1'),
+])
+def test_bad_step_counts_are_refused(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    benchmark.benchmark(small_config(), **kwargs)
+
+
+def test_lrn_share_needs_lrn():
+  config = small_config()
+  config.model.use_lrn = False
+  with pytest.raises(ValueError, match='use_lrn'):
+    benchmark.benchmark(config, steps=1, warmup=0, lrn_share=True)
