@@ -375,13 +375,16 @@ def num_params(params) -> int:
 SHARED_PARAMS = (('fc8', 'bias'),)
 
 
-def tower_axes(params):
-  """A tree like ``params``: 0 where a leaf's leading axis is the tower axis,
-  None for the parameters all towers share (fc8's bias).
+def tower_axes(tree):
+  """A tree like ``tree``: 0 where a leaf's leading axis is the tower axis,
+  None for scalars and for the parameters all towers share (fc8's bias).
 
-  Usable as ``jax.vmap`` ``in_axes`` and to build sharding specs.
+  ``tree`` is the parameters or anything whose leaves end in parameter paths
+  (gradients, optimizer state). Usable as ``jax.vmap`` ``in_axes`` and to
+  build sharding specs.
   """
-  def axis(path, _):
-    names = tuple(getattr(k, 'key', k) for k in path)
-    return None if names[-2:] in SHARED_PARAMS else 0
-  return jax.tree_util.tree_map_with_path(axis, params)
+  def axis(path, leaf):
+    names = tuple(getattr(k, 'key', None) for k in path)
+    scalar = not getattr(leaf, 'shape', ())
+    return None if scalar or names[-2:] in SHARED_PARAMS else 0
+  return jax.tree_util.tree_map_with_path(axis, tree)

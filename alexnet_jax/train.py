@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 import optax
 from flax.training import train_state
@@ -65,16 +66,31 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(state: train_state.TrainState, images: jax.Array,
-               labels: jax.Array, rng: jax.Array
+               labels: jax.Array, rng: jax.Array, *,
+               data_axis: str | None = None
                ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
-  """One SGD step on a batch; ``rng`` drives dropout."""
+  """One SGD step on a batch; ``rng`` drives dropout.
+
+  Inside ``shard_map`` with the batch split over ``data_axis``, the loss and
+  metrics are means over the whole global batch and each data shard draws
+  its own dropout masks.
+  """
+  if data_axis is not None:
+    rng = jax.random.fold_in(rng, lax.axis_index(data_axis))
+
+  def global_mean(x):
+    return x if data_axis is None else lax.pmean(x, data_axis)
+
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, images, train=True,
                             rngs={'dropout': rng})
-    return cross_entropy_loss(logits, labels), logits
+    # The gradient of the global mean w.r.t. parameters that every data shard
+    # holds whole is summed over the shards by JAX: the data-parallel
+    # all-reduce.
+    return global_mean(cross_entropy_loss(logits, labels)), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   state = state.apply_gradients(grads=grads)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  accuracy = global_mean(jnp.mean(jnp.argmax(logits, -1) == labels))
   return state, {'loss': loss, 'top1_error': 1.0 - accuracy}

@@ -39,5 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.weight_decay_biases = False
   config.num_epochs = 90
+  # Devices: 'model' axis 2 puts one tower per device (the paper's split), 1
+  # keeps both towers on every device, 0 picks 2 when the devices allow.
+  config.model_axis_size = 0
   config.num_train_steps = -1  # > 0 overrides num_epochs
   return config

@@ -1,0 +1,133 @@
+"""The paper's two-GPU split (section 3.2) with data parallelism on top.
+
+A 2-D device mesh ``('data', 'model')``:
+
+* ``model`` of size 2: each device holds one tower's parameters and that
+  tower's optimizer state, as each GTX 580 did. The model (``AlexNet`` with
+  ``model_axis='model'``) exchanges activations only at the paper's four
+  crossings: all-gathers at conv3's, fc6's and fc7's inputs and a ``psum`` of
+  fc8's per-tower products (see ``models.gather_towers``/``sum_towers``).
+* ``model`` of size 1: both towers on every device, the same code path.
+* ``data``: the rest of the devices; the batch is split over it and the
+  gradients are summed over it (and only over it).
+
+Train and eval steps are ``jax.shard_map`` over the mesh, jitted. Parameters
+and optimizer state are born sharded (``jit`` with ``out_shardings``), and
+batches enter as global arrays assembled from each process's own slice.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from flax.training import train_state
+
+from alexnet_jax import models
+from alexnet_jax import train
+
+DATA = 'data'
+MODEL = 'model'
+
+
+def model_axis_size(config: ml_collections.ConfigDict,
+                    num_devices: int) -> int:
+  """The configured model axis, or for 0 ("auto") 2 when it fits, else 1."""
+  size = config.model_axis_size
+  if size == 0:
+    fits = config.model.towers == 2 and num_devices % 2 == 0
+    return 2 if fits else 1
+  return size
+
+
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: list | None = None) -> Mesh:
+  """The ``('data', 'model')`` mesh for ``config`` over ``devices`` (all)."""
+  devices = jax.devices() if devices is None else devices
+  n = len(devices)
+  model = model_axis_size(config, n)
+  if model not in (1, 2):
+    raise ValueError(
+        f'model_axis_size must be 0 (auto), 1 (both towers on every device) '
+        f'or 2 (one tower per device); got model_axis_size={model}.')
+  if n % model:
+    raise ValueError(
+        f'model_axis_size={model} does not divide the {n} devices; use '
+        f'model_axis_size=1 or an even number of devices.')
+  if model == 2 and config.model.towers != 2:
+    raise ValueError(
+        f'model_axis_size=2 puts one tower on each device, but '
+        f'towers={config.model.towers}; use model_axis_size=1 for the '
+        f'one-tower net.')
+  data = n // model
+  if config.batch_size % data:
+    raise ValueError(
+        f'batch_size={config.batch_size} is not divisible by the data axis '
+        f'({data} = {n} devices / model_axis_size {model}); use a multiple '
+        f'of {data}.')
+  return jax.make_mesh((data, model), (DATA, MODEL),
+                       axis_types=(AxisType.Auto, AxisType.Auto),
+                       devices=devices)
+
+
+def tower_specs(tree, mesh: Mesh):
+  """``P('model')`` on every leaf with a tower axis, ``P()`` elsewhere.
+
+  With a model axis of 1 everything is replicated: each device holds both
+  towers.
+  """
+  split = mesh.shape[MODEL] == 2
+  return jax.tree.map(lambda axis: P(MODEL) if split and axis == 0 else P(),
+                      models.tower_axes(tree), is_leaf=lambda x: x is None)
+
+
+def local_model(model: models.AlexNet, mesh: Mesh) -> models.AlexNet:
+  """The model as one device of ``mesh`` runs it inside ``shard_map``."""
+  return model.clone(model_axis=MODEL if mesh.shape[MODEL] == 2 else None)
+
+
+def create_train_state(config: ml_collections.ConfigDict,
+                       model: models.AlexNet, mesh: Mesh, rng: jax.Array
+                       ) -> train_state.TrainState:
+  """Parameters and optimizer state created directly in their shards."""
+  def create(rng):
+    state = train.create_train_state(config, model, rng)
+    return state.replace(apply_fn=local_model(model, mesh).apply)
+
+  shapes = jax.eval_shape(create, rng)
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                           tower_specs(shapes, mesh))
+  return jax.jit(create, out_shardings=shardings)(rng)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA))
+
+
+def global_batch(mesh: Mesh, *local: np.ndarray) -> tuple[jax.Array, ...]:
+  """Global arrays, sharded over ``'data'``, from this process's slices.
+
+  Each process passes only the rows it loaded; in one process that is the
+  whole batch.
+  """
+  sharding = batch_sharding(mesh)
+  return tuple(jax.make_array_from_process_local_data(sharding, x)
+               for x in local)
+
+
+def make_train_step(mesh: Mesh, state: train_state.TrainState):
+  """``step(state, images, labels, rng) -> (state, metrics)``, jitted.
+
+  The state is donated: pass the returned one to the next call.
+  """
+  specs = tower_specs(state, mesh)
+  step = jax.shard_map(
+      functools.partial(train.train_step, data_axis=DATA), mesh=mesh,
+      in_specs=(specs, P(DATA), P(DATA), P()), out_specs=(specs, P()))
+  return jax.jit(step, donate_argnums=0)
