@@ -245,8 +245,13 @@ class AlexNet(nn.Module):
     _validate_fields(self)
     super().__post_init__()
 
-  def _width(self, n: int) -> int:
-    return max(1, round(n * self.width))
+  def tower_features(self) -> dict[str, int]:
+    """Kernels (units) per tower of each layer, after ``width``."""
+    per_tower = CONV_FEATURES_PER_TOWER + (CONV5_FEATURES // self.towers,) \
+        + (FC_FEATURES // self.towers,) * 2
+    names = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
+    return {name: max(1, round(n * self.width))
+            for name, n in zip(names, per_tower)}
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -259,32 +264,29 @@ class AlexNet(nn.Module):
     """
     self.check_images(images)
     act = lambda xs: [ACTIVATIONS[self.activation](x) for x in xs]
-    c1, c2, c3, c4 = (self._width(n) for n in CONV_FEATURES_PER_TOWER)
-    c5 = self._width(CONV5_FEATURES // self.towers)
-    fc = self._width(FC_FEATURES // self.towers)
 
     local_towers = 1 if self.model_axis is not None else self.towers
     xs = [images.astype(self.dtype)] * local_towers
-    xs = self._sow('conv1', act(self._conv('conv1', c1)(xs)))
+    xs = self._sow('conv1', act(self._conv('conv1')(xs)))
     xs = self._sow('pool1', self._pool(self._norm(xs)))
-    xs = self._sow('conv2', act(self._conv('conv2', c2)(xs)))
+    xs = self._sow('conv2', act(self._conv('conv2')(xs)))
     xs = self._sow('pool2', self._pool(self._norm(xs)))
     xs = gather_towers(xs, self.model_axis)  # crossing 1: conv3's input
-    xs = self._sow('conv3', act(self._conv('conv3', c3)(xs)))
-    xs = self._sow('conv4', act(self._conv('conv4', c4)(xs)))
-    xs = self._sow('conv5', act(self._conv('conv5', c5)(xs)))
+    xs = self._sow('conv3', act(self._conv('conv3')(xs)))
+    xs = self._sow('conv4', act(self._conv('conv4')(xs)))
+    xs = self._sow('conv5', act(self._conv('conv5')(xs)))
     xs = self._sow('pool5', self._pool(xs))
     xs = [x.reshape(x.shape[0], -1) for x in xs]
     for salt, name in enumerate(('fc6', 'fc7')):
       xs = gather_towers(xs, self.model_axis)  # crossings 2, 3: fc6/fc7 input
-      xs = self._sow(name, act(self._dense(name, fc)(xs)))
+      xs = self._sow(name, act(self._dense(name)(xs)))
       xs = self._dropout(xs, train, salt)
     # Crossing 4: fc8's input, as a sum of per-tower blocks.
     logits = BlockSumDense(self.num_classes, axis_name=self.model_axis,
                            dtype=self.dtype, name='fc8')(xs)
     return logits.astype(jnp.float32)
 
-  def _conv(self, name: str, features: int) -> TowerConv:
+  def _conv(self, name: str) -> TowerConv:
     index = int(name[-1]) - 1
     kernel, stride = CONV_KERNELS[index]
     padding = 'SAME'
@@ -292,12 +294,14 @@ class AlexNet(nn.Module):
       overhang = ((conv1_output_size(self.image_size) - 1) * stride + kernel
                   - self.image_size)
       padding = ((0, overhang), (0, overhang))
-    return TowerConv(features, kernel, stride, padding, name=name,
+    return TowerConv(self.tower_features()[name], kernel, stride, padding,
+                     name=name,
                      bias_init_value=float(name in BIAS_ONE_LAYERS),
                      dtype=self.dtype)
 
-  def _dense(self, name: str, features: int) -> TowerDense:
-    return TowerDense(features, bias_init_value=float(name in BIAS_ONE_LAYERS),
+  def _dense(self, name: str) -> TowerDense:
+    return TowerDense(self.tower_features()[name],
+                      bias_init_value=float(name in BIAS_ONE_LAYERS),
                       dtype=self.dtype, name=name)
 
   def _sow(self, name: str, xs: list[jax.Array]) -> list[jax.Array]:

@@ -131,3 +131,27 @@ def make_train_step(mesh: Mesh, state: train_state.TrainState):
       functools.partial(train.train_step, data_axis=DATA), mesh=mesh,
       in_specs=(specs, P(DATA), P(DATA), P()), out_specs=(specs, P()))
   return jax.jit(step, donate_argnums=0)
+
+
+def crossing_bytes_per_image(model: models.AlexNet) -> dict[str, int]:
+  """Bytes one tower's device receives per image at each crossing.
+
+  Forward: the other tower's activations (conv3's, fc6's and fc7's inputs)
+  and its partial logits (fc8). Backward: the cotangents of this tower's
+  activations that the other tower computed (the transposes of the three
+  all-gathers); the fc8 sum needs none.
+  """
+  _, _, pool2, pool5 = models.feature_sizes(model.image_size,
+                                            model.pool_window,
+                                            model.pool_stride)
+  features = model.tower_features()
+  itemsize = np.dtype(model.dtype).itemsize
+  per_tower = {
+      'conv3_input': pool2 * pool2 * features['conv2'],
+      'fc6_input': pool5 * pool5 * features['conv5'],
+      'fc7_input': features['fc6'],
+  }
+  sizes = {f'{k}_forward': v * itemsize for k, v in per_tower.items()}
+  sizes['fc8_input_forward'] = model.num_classes * itemsize
+  sizes.update({f'{k}_backward': v * itemsize for k, v in per_tower.items()})
+  return sizes

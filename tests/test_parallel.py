@@ -1,0 +1,199 @@
+"""The split step against the single-device step, its collectives, its memory."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import parallel
+from alexnet_jax import train
+from configs import imagenet
+
+# Every tensor the step moves is small at this size; the wiring is the same.
+SMALL = dict(width=0.125, image_size=67, num_classes=10)
+
+
+def small_config(model_axis_size, batch_size=4, **model):
+  config = imagenet.get_config()
+  config.batch_size = batch_size
+  config.model_axis_size = model_axis_size
+  config.model.update(**SMALL, **model)
+  return config
+
+
+def batch(n=4):
+  images = np.asarray(jax.random.normal(jax.random.key(1), (n, 67, 67, 3)))
+  return images, np.arange(n) % 10
+
+
+def scaled(state):
+  """Weights x20 (std 0.2): with the paper's N(0, 0.01) a small net's early
+  gradients are ~1e-7 and would hide any error."""
+  return state.replace(params=jax.tree.map(lambda p: 20 * p, state.params))
+
+
+def single_device_step(config, rng):
+  model = train.create_model(config.model)
+  state = scaled(train.create_train_state(config, model, rng))
+  images, labels = batch(config.batch_size)
+  new_state, metrics = jax.jit(train.train_step)(state, images, labels, rng)
+  return state, new_state, metrics
+
+
+def split_step(config, rng, num_devices):
+  model = train.create_model(config.model)
+  mesh = parallel.make_mesh(config, jax.devices()[:num_devices])
+  state = scaled(parallel.create_train_state(config, model, mesh, rng))
+  step = parallel.make_train_step(mesh, state)
+  images, labels = parallel.global_batch(mesh, *batch(config.batch_size))
+  return mesh, step(state, images, labels, rng)
+
+
+@pytest.mark.parametrize('mesh_shape', [(1, 2), (2, 2), (2, 1), (4, 1)])
+def test_split_step_equals_single_device(mesh_shape):
+  data, model = mesh_shape
+  rng = jax.random.key(0)
+  config = small_config(model, dropout_rate=0.0)
+  before, want, want_metrics = single_device_step(config, rng)
+  mesh, (got, metrics) = split_step(config, rng, data * model)
+  assert dict(mesh.shape) == {'data': data, 'model': model}
+  np.testing.assert_allclose(metrics['loss'], want_metrics['loss'], rtol=1e-6)
+  np.testing.assert_allclose(metrics['top1_error'], want_metrics['top1_error'])
+  # After one step the momentum is exactly the gradient plus weight decay.
+  trace = lambda s: s.opt_state[1][0].trace
+  assert_trees_close(trace(got), trace(want))
+  assert_trees_close(got.params, want.params)
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                       want.params, before.params)
+  assert min(jax.tree.leaves(moved)) > 1e-4  # every layer really moved
+
+
+def assert_trees_close(got, want):
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got),
+                          jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_dropout_in_the_split_step_is_deterministic():
+  config = small_config(2)  # dropout 0.5 on
+  rng = jax.random.key(0)
+  _, (a, ma) = split_step(config, rng, 4)
+  _, (b, mb) = split_step(config, rng, 4)
+  _, (c, mc) = split_step(config, jax.random.key(1), 4)
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  assert float(ma['loss']) == float(mb['loss'])
+  assert float(ma['loss']) != float(mc['loss'])
+
+
+# --------------------------------------------------------------------------
+# The paper net split over two devices: what crosses, what each device holds.
+
+COLLECTIVE = re.compile(
+    r'= (?P<shape>.*?) (?P<op>all-gather|all-reduce|reduce-scatter|'
+    r'collective-permute|all-to-all)(?:-start)?\((?P<operand>[^)]*)\).*?'
+    r'replica_groups=(?P<groups>\{[^=]*?\}\})')
+
+
+@pytest.fixture(scope='module')
+def paper_split():
+  """The full paper net on a 2x2 mesh, batch 2 (one image per data shard)."""
+  config = imagenet.get_config()
+  config.batch_size = 2
+  config.model_axis_size = 2
+  model = train.create_model(config.model)
+  mesh = parallel.make_mesh(config, jax.devices()[:4])
+  state = parallel.create_train_state(config, model, mesh, jax.random.key(0))
+  step = parallel.make_train_step(mesh, state)
+  images, labels = parallel.global_batch(
+      mesh, np.zeros((2, 224, 224, 3), np.float32), np.zeros(2, np.int32))
+  hlo = step.lower(state, images, labels, jax.random.key(0)).compile()
+  return model, mesh, state, hlo.as_text()
+
+
+def elements(shape):
+  """Element count of an HLO array shape like f32[2,13,13,256]{...}."""
+  dims = re.match(r'\w+\[([\d,]*)\]', shape).group(1)
+  return int(np.prod([int(d) for d in dims.split(',') if d]))
+
+
+def test_only_the_four_crossings_cross_the_model_axis(paper_split):
+  model, mesh, _, hlo = paper_split
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)
+  model_groups = {frozenset(row) for row in ids}        # {0,1}, {2,3}
+  data_groups = {frozenset(col) for col in ids.T}       # {0,2}, {1,3}
+  over_model, over_data = [], []
+  for m in COLLECTIVE.finditer(hlo):
+    groups = {frozenset(int(i) for i in g.split(','))
+              for g in re.findall(r'\{([\d,]+)\}', m['groups'])}
+    if groups == model_groups:
+      over_model.append(m)
+    elif groups == data_groups:
+      over_data.append(m)
+    else:
+      pytest.fail(f'collective over unexpected groups: {m.group(0)}')
+  # Forward: three all-gathers (conv3, fc6, fc7 inputs) and the fc8 sum;
+  # backward: the all-gathers' transposes. Nothing else crosses 'model'.
+  assert sorted(m['op'] for m in over_model) == (
+      ['all-gather'] * 3 + ['all-reduce'] + ['reduce-scatter'] * 3)
+  # Gradients (and the metrics) are reduced over 'data' only.
+  assert over_data and all(m['op'] == 'all-reduce' for m in over_data)
+
+  # Bytes received per image (one image per data shard here), against the
+  # paper's shapes as parallel.crossing_bytes_per_image computes them.
+  expected = parallel.crossing_bytes_per_image(model)
+  received = []
+  for m in over_model:
+    out = elements(m['shape'])
+    if m['op'] == 'all-gather':      # got the other half
+      received.append(('forward', out // 2 * 4))
+    elif m['op'] == 'all-reduce':    # got the other partial sum
+      received.append(('forward', out * 4))
+    else:                            # reduce-scatter: the other's half of 2x
+      received.append(('backward', out * 4))
+  want = sorted((k.rsplit('_', 1)[1], v) for k, v in expected.items())
+  assert sorted(received) == want
+  assert expected['conv3_input_forward'] == 13 * 13 * 128 * 4
+
+
+def test_each_device_holds_one_tower(paper_split):
+  _, mesh, state, _ = paper_split
+  total = sum(x.nbytes for x in jax.tree.leaves((state.params,
+                                                 state.opt_state)))
+  held = {d: 0 for d in mesh.devices.flat}
+  for x in jax.tree.leaves((state.params, state.opt_state)):
+    for shard in x.addressable_shards:
+      held[shard.device] += shard.data.nbytes
+  # Parameters plus momentum: 2 x 60,965,224 floats in all.
+  assert total == pytest.approx(2 * 60_965_224 * 4, rel=1e-6)
+  for device, nbytes in held.items():
+    assert nbytes <= 0.55 * total, (device, nbytes / total)
+  assert state.params['fc6']['kernel'].sharding.spec == parallel.P('model')
+  assert state.params['fc8']['bias'].sharding.spec == parallel.P()
+
+
+# --------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize('overrides,devices,match', [
+    (dict(model_axis_size=2), 3, 'model_axis_size=2 does not divide the 3'),
+    (dict(model_axis_size=3), 4, 'model_axis_size=3'),
+    (dict(model_axis_size=2, batch_size=3), 4,
+     'batch_size=3 is not divisible by the data axis'),
+    (dict(model_axis_size=2, towers=1), 2, 'towers=1'),
+])
+def test_bad_mesh_settings_are_refused(overrides, devices, match):
+  config = small_config(overrides.pop('model_axis_size'),
+                        batch_size=overrides.pop('batch_size', 4), **overrides)
+  with pytest.raises(ValueError, match=match):
+    parallel.make_mesh(config, jax.devices()[:devices])
+
+
+def test_auto_model_axis():
+  assert parallel.model_axis_size(small_config(0), 4) == 2
+  assert parallel.model_axis_size(small_config(0), 1) == 1
+  assert parallel.model_axis_size(small_config(0), 3) == 1
+  assert parallel.model_axis_size(small_config(0, towers=1), 4) == 1
