@@ -4,8 +4,10 @@
         [--config.batch_size=32] [--steps=10] [--lrn_share]
 
 Prints one JSON line: images_per_sec (from the median step), step_ms,
-compile_s, batch_size, image_size, dtype, devices, backend and the model
-settings. ``--lrn_share`` also compiles the same net without LRN, alternates
+compile_s, batch_size, image_size, dtype, devices, the ('data', 'model')
+mesh, backend and the model settings. The step is the split step of
+``parallel.py`` on all devices (``--config.model_axis_size=2`` puts one tower
+on each device; on CPU, ``JAX_NUM_CPU_DEVICES=2`` makes two devices). ``--lrn_share`` also compiles the same net without LRN, alternates
 steps of the two so that both see the same machine load, and reports
 ``lrn_share``, the fraction of the step the LRN costs.
 """
@@ -21,6 +23,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from alexnet_jax import parallel
 from alexnet_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
@@ -31,18 +34,23 @@ _LRN_SHARE = flags.DEFINE_bool(
 
 
 class _Runner:
-  """A compiled train step with its state and a fixed synthetic batch."""
+  """A compiled train step on the config's mesh, with a fixed batch."""
 
   def __init__(self, config, **model_overrides):
     model = train.create_model(config.model, **model_overrides)
+    self.mesh = parallel.make_mesh(config)
     rng = jax.random.key(config.seed)
-    self.state = train.create_train_state(config, model, rng)
+    self.state = parallel.create_train_state(config, model, self.mesh, rng)
     size, n = model.image_size, config.batch_size
-    self.images = jax.random.normal(rng, (n, size, size, 3), model.dtype)
-    self.labels = jax.random.randint(rng, (n,), 0, model.num_classes)
+    self.images = jax.device_put(
+        jax.random.normal(rng, (n, size, size, 3), model.dtype),
+        parallel.batch_sharding(self.mesh))
+    self.labels = jax.device_put(
+        jax.random.randint(rng, (n,), 0, model.num_classes),
+        parallel.batch_sharding(self.mesh))
     self.rng = rng
     start = time.perf_counter()
-    self.step = jax.jit(train.train_step, donate_argnums=0).lower(
+    self.step = parallel.make_train_step(self.mesh, self.state).lower(
         self.state, self.images, self.labels, rng).compile()
     self.compile_s = time.perf_counter() - start
     self.times: list[float] = []
@@ -89,7 +97,8 @@ def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
       width=config.model.width,
       use_lrn=config.model.use_lrn,
       steps=steps,
-      devices=1,
+      devices=main.mesh.size,
+      mesh=dict(main.mesh.shape),
       backend=jax.default_backend(),
       device_kind=jax.devices()[0].device_kind,
       jax=jax.__version__,

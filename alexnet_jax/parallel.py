@@ -19,7 +19,10 @@ batches enter as global arrays assembled from each process's own slice.
 from __future__ import annotations
 
 import functools
+import socket
+import time
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -34,6 +37,88 @@ from alexnet_jax import train
 
 DATA = 'data'
 MODEL = 'model'
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           timeout_s: int = 300) -> None:
+  """Starts JAX's multi-process runtime; call before any other JAX call.
+
+  With ``coordinator_address`` (``host:port`` of process 0) this is a manual
+  launch and ``num_processes`` and ``process_id`` are required. Without it,
+  ``jax.distributed.initialize()`` detects a TPU pod, SLURM or another
+  cluster it knows; if there is none, this stays a single process.
+
+  Raises:
+    ValueError: incomplete or inconsistent flags.
+    RuntimeError: (processes other than 0) the coordinator's port did not
+      answer within ``timeout_s``.
+  """
+  if coordinator_address is None:
+    if num_processes is not None or process_id is not None:
+      raise ValueError(
+          f'num_processes={num_processes} and process_id={process_id} need '
+          f'coordinator_address=HOST:PORT (process 0\'s address).')
+    try:
+      jax.distributed.initialize(initialization_timeout=timeout_s)
+    except ValueError as e:
+      if 'coordinator_address' not in str(e):
+        raise
+      logging.info('No cluster detected: running as a single process.')
+    return
+  if num_processes is None or process_id is None:
+    raise ValueError(
+        f'coordinator_address={coordinator_address} needs num_processes and '
+        f'process_id as well.')
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f'process_id={process_id} must be in [0, num_processes='
+                     f'{num_processes}).')
+  host, _, port = coordinator_address.rpartition(':')
+  if not host or not port.isdigit():
+    raise ValueError(f'coordinator_address={coordinator_address!r} must be '
+                     f'HOST:PORT, e.g. 10.0.0.1:1234.')
+  if process_id != 0:
+    # JAX's runtime aborts the whole process when it cannot reach the
+    # coordinator; probing first turns that into a clear error.
+    _wait_for_port(host, int(port), timeout_s, process_id, num_processes)
+  logging.info('Process %d of %d joining the coordinator at %s (waiting up '
+               'to %d s for the others).', process_id, num_processes,
+               coordinator_address, timeout_s)
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=timeout_s)
+
+
+def _wait_for_port(host, port, timeout_s, process_id, num_processes):
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=2):
+        return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise RuntimeError(
+            f'Process {process_id} of {num_processes} could not reach the '
+            f'coordinator at {host}:{port} within {timeout_s} s ({e}). Start '
+            f'process 0 with the same coordinator_address (its own host and '
+            f'a free port) and check that the port is reachable from here.'
+        ) from e
+      time.sleep(0.5)
+
+
+def process_rows(mesh: Mesh, global_batch_size: int) -> slice:
+  """The rows of a global batch that this process must load and feed."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map(
+      (global_batch_size,))
+  rows = set()
+  for (index,) in index_map.values():
+    rows.update(range(*index.indices(global_batch_size)))
+  first, last = min(rows), max(rows)
+  if len(rows) != last - first + 1:
+    raise ValueError(f'This process\'s devices hold rows {sorted(rows)} of '
+                     f'the batch, not one contiguous block; build the mesh '
+                     f'with parallel.make_mesh.')
+  return slice(first, last + 1)
 
 
 def model_axis_size(config: ml_collections.ConfigDict,

@@ -10,7 +10,7 @@ from alexnet_jax import benchmark
 from configs import imagenet
 
 FIELDS = {'images_per_sec', 'step_ms', 'compile_s', 'batch_size',
-          'image_size', 'dtype', 'devices', 'backend'}
+          'image_size', 'dtype', 'devices', 'mesh', 'backend'}
 
 
 def small_config():
@@ -25,7 +25,9 @@ def test_benchmark_reports_step_and_lrn_share():
                                lrn_share=True)
   assert FIELDS <= set(result)
   assert result['batch_size'] == 2 and result['image_size'] == 64
-  assert result['backend'] == 'cpu' and result['devices'] == 1
+  # conftest makes four CPU devices; model_axis_size 0 splits the towers.
+  assert result['backend'] == 'cpu' and result['devices'] == 4
+  assert result['mesh'] == {'data': 2, 'model': 2}
   assert result['images_per_sec'] == pytest.approx(
       2 / (result['step_ms'] / 1e3), rel=0.01)
   assert result['images_per_sec_without_lrn'] > 0
