@@ -218,6 +218,14 @@ def make_train_step(mesh: Mesh, state: train_state.TrainState):
   return jax.jit(step, donate_argnums=0)
 
 
+def make_eval_step(mesh: Mesh, state: train_state.TrainState):
+  """``step(state, images, labels) -> sums`` (see ``train.eval_step``), jitted."""
+  step = jax.shard_map(
+      functools.partial(train.eval_step, data_axis=DATA), mesh=mesh,
+      in_specs=(tower_specs(state, mesh), P(DATA), P(DATA)), out_specs=P())
+  return jax.jit(step)
+
+
 def crossing_bytes_per_image(model: models.AlexNet) -> dict[str, int]:
   """Bytes one tower's device receives per image at each crossing.
 

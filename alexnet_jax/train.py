@@ -94,3 +94,24 @@ def train_step(state: train_state.TrainState, images: jax.Array,
   state = state.apply_gradients(grads=grads)
   accuracy = global_mean(jnp.mean(jnp.argmax(logits, -1) == labels))
   return state, {'loss': loss, 'top1_error': 1.0 - accuracy}
+
+
+def eval_step(state: train_state.TrainState, images: jax.Array,
+              labels: jax.Array, *, data_axis: str | None = None
+              ) -> dict[str, jax.Array]:
+  """Sums over a batch, to be added up over an evaluation set: ``loss``,
+  ``top1_errors``, ``top5_errors`` and ``count``. Dropout is off.
+
+  Inside ``shard_map`` the sums cover the whole global batch.
+  """
+  logits = state.apply_fn({'params': state.params}, images, train=False)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  k = min(5, logits.shape[-1])
+  top5 = jnp.any(lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+  sums = {
+      'loss': losses.sum(),
+      'top1_errors': jnp.sum(jnp.argmax(logits, -1) != labels),
+      'top5_errors': jnp.sum(~top5),
+      'count': jnp.asarray(labels.shape[0]),
+  }
+  return sums if data_axis is None else lax.psum(sums, data_axis)

@@ -77,6 +77,23 @@ def assert_trees_close(got, want):
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.parametrize('mesh_shape', [(1, 2), (2, 2)])
+def test_split_eval_step_equals_single_device(mesh_shape):
+  config = small_config(mesh_shape[1], batch_size=8)
+  model = train.create_model(config.model)
+  rng = jax.random.key(0)
+  images, labels = batch(8)
+  want = jax.jit(train.eval_step)(
+      scaled(train.create_train_state(config, model, rng)), images, labels)
+  mesh = parallel.make_mesh(config, jax.devices()[:np.prod(mesh_shape)])
+  state = scaled(parallel.create_train_state(config, model, mesh, rng))
+  got = parallel.make_eval_step(mesh, state)(
+      state, *parallel.global_batch(mesh, images, labels))
+  assert int(got['count']) == 8
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+
+
 def test_dropout_in_the_split_step_is_deterministic():
   config = small_config(2)  # dropout 0.5 on
   rng = jax.random.key(0)

@@ -3,7 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax.training import train_state
 
 from alexnet_jax import train
 from configs import imagenet
@@ -68,6 +70,24 @@ def test_train_step_lowers_the_loss_of_a_fixed_batch():
   # classes occur (ln 4 = 1.39); N(0, 0.01) init makes the rest slow.
   assert losses[-1] < 1.6
   assert int(state.step) == 10
+
+
+def test_eval_step_sums_by_hand():
+  # A stand-in apply_fn with fixed logits: 3 examples, 6 classes.
+  logits = jnp.array([[0., 1, 2, 3, 4, 5],        # label 5: top-1 right
+                      [5., 4, 3, 2, 1, 0],        # label 4: 5th best
+                      [.5, .4, .3, .1, 9, 1]])    # label 3: 6th best
+  labels = jnp.array([5, 4, 3])
+  state = train_state.TrainState.create(
+      apply_fn=lambda *a, **k: logits, params={}, tx=optax.identity())
+  sums = train.eval_step(state, jnp.zeros((3, 1)), labels)
+  assert int(sums['top1_errors']) == 2
+  assert int(sums['top5_errors']) == 1
+  assert int(sums['count']) == 3
+  log_p = jax.nn.log_softmax(logits)
+  np.testing.assert_allclose(sums['loss'],
+                             -(log_p[0, 5] + log_p[1, 4] + log_p[2, 3]),
+                             rtol=1e-6)
 
 
 def test_create_model_reads_the_config():
