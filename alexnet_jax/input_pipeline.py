@@ -1,0 +1,158 @@
+"""Image preprocessing of the paper (sections 2 and 4.1) in tf.data ops.
+
+Training, the paper's way: rescale the shorter side to 256, take the centre
+256x256, then a random ``crop_size`` patch (224, or 227 for the other
+convention, see ``models.py``) and a random horizontal reflection; add the
+PCA colour offset; subtract the mean RGB. Only the pixels of the final patch
+are decoded: the patch is mapped back to the original image and cut out by
+``tf.io.decode_and_crop_jpeg`` before resizing, which is the same window as
+resize-then-crop and much cheaper.
+
+Evaluation: the centre patch, or the paper's ten patches (four corners and
+the centre of the 256x256 image, each with its reflection).
+
+Randomness is stateless: every random op takes a seed derived from the
+example, so a pipeline is deterministic for a seed however it is
+parallelized.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Section 2: the mean training image, here per channel on a 0..255 scale.
+MEAN_RGB = (123.68, 116.78, 103.94)
+# Section 4.1: the eigenvalues and eigenvectors (columns) of the RGB
+# covariance over ImageNet, pixels on a 0..1 scale (the constants of
+# fb.resnet.torch, which most public code uses), and the N(0, 0.1) draw.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+              (-0.5808, -0.0045, -0.8140),
+              (-0.5836, -0.6948, 0.4203))
+PCA_STDDEV = 0.1
+# Section 2: the shorter side is rescaled to 256 and the centre 256 kept.
+RESIZE = 256
+
+
+
+
+def _decode_window(image_bytes: tf.Tensor, window_fn) -> tf.Tensor:
+  """Decodes only ``window_fn(height, width) -> (top, left, h, w)``.
+
+  JPEG is cut while decoding; other formats (CIFAR-10's PNG) are decoded
+  whole and then cut.
+  """
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(image_bytes)
+    window = tf.stack(window_fn(shape[0], shape[1]))
+    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+  def other():
+    image = tf.io.decode_image(image_bytes, channels=3,
+                               expand_animations=False)
+    shape = tf.shape(image)
+    return tf.image.crop_to_bounding_box(
+        image, *window_fn(shape[0], shape[1]))
+
+  return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+
+
+def _resized_window(crop_size: int, resize: int, offset_y, offset_x):
+  """The original-image window of a ``crop_size`` patch at ``offset`` of the
+  centre ``resize`` x ``resize`` square after the shorter side became
+  ``resize``."""
+  def window(height, width):
+    side = tf.minimum(height, width)
+    scale = tf.cast(side, tf.float32) / resize  # original px per resized px
+    size = tf.maximum(1, tf.cast(tf.round(crop_size * scale), tf.int32))
+    to_original = lambda v: tf.cast(tf.round(tf.cast(v, tf.float32) * scale),
+                                    tf.int32)
+    top = tf.minimum((height - side) // 2 + to_original(offset_y),
+                     height - size)
+    left = tf.minimum((width - side) // 2 + to_original(offset_x),
+                      width - size)
+    return top, left, size, size
+  return window
+
+
+def _to_float(image: tf.Tensor, crop_size: int) -> tf.Tensor:
+  """Resized to ``crop_size`` square, float32 on a 0..255 scale."""
+  return tf.image.resize(image, [crop_size, crop_size], method='bilinear',
+                         antialias=True)
+
+
+def pca_offset(seed: tf.Tensor, stddev: float = PCA_STDDEV) -> tf.Tensor:
+  """Section 4.1: ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` on a 0..255 scale,
+  with ``a ~ N(0, stddev)`` drawn from ``seed``."""
+  alpha = tf.random.stateless_normal([3], seed, stddev=stddev)
+  eigvec = tf.constant(PCA_EIGVEC, tf.float32)
+  return 255.0 * tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGVAL))
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+  """Subtracts the mean RGB (section 2)."""
+  return image - tf.constant(MEAN_RGB, tf.float32)
+
+
+def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
+                     crop_size: int, resize: int = RESIZE,
+                     crop: str = 'paper',
+                     pca_stddev: float = PCA_STDDEV) -> tf.Tensor:
+  """One training image: float32 ``[crop_size, crop_size, 3]``, mean 0-ish.
+
+  Args:
+    image_bytes: an encoded image (JPEG, PNG, ...).
+    seed: a ``[2]`` int seed; the same seed gives the same image.
+    crop_size: the patch size the model takes (``image_size``).
+    resize: the shorter side before the centre square (paper: 256).
+    crop: 'paper' (a random ``crop_size`` patch of the centre square) or
+      'inception' (a random 8%-100% area, 3/4-4/3 aspect patch, resized).
+    pca_stddev: the PCA colour draw's standard deviation (0 turns it off).
+  """
+  crop_seed, flip_seed, pca_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+  if crop == 'paper':
+    offsets = tf.random.stateless_uniform(
+        [2], crop_seed, maxval=resize - crop_size + 1, dtype=tf.int32)
+    window_fn = _resized_window(crop_size, resize, offsets[0], offsets[1])
+  elif crop == 'inception':
+    def window_fn(height, width):
+      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          tf.stack([height, width, 3]),
+          bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+          seed=crop_seed, min_object_covered=0.1,
+          aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+          max_attempts=10, use_image_if_no_bounding_boxes=True)
+      return begin[0], begin[1], size[0], size[1]
+  else:
+    raise ValueError(f"Unknown crop {crop!r}; use 'paper' or 'inception'.")
+  image = _to_float(_decode_window(image_bytes, window_fn), crop_size)
+  flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+  image = tf.cond(flip, lambda: tf.image.flip_left_right(image),
+                  lambda: image)
+  if pca_stddev:
+    image += pca_offset(pca_seed, pca_stddev)
+  return normalize(image)
+
+
+def preprocess_eval(image_bytes: tf.Tensor, *, crop_size: int,
+                    resize: int = RESIZE, ten_crop: bool = False
+                    ) -> tf.Tensor:
+  """The centre patch ``[crop_size, crop_size, 3]``, or with ``ten_crop``
+  the paper's ten patches ``[10, crop_size, crop_size, 3]``: the four
+  corners and the centre of the ``resize`` square, then their reflections."""
+  if not ten_crop:
+    centre = (resize - crop_size) // 2
+    window_fn = _resized_window(crop_size, resize, centre, centre)
+    return normalize(_to_float(_decode_window(image_bytes, window_fn),
+                               crop_size))
+  square = _decode_window(image_bytes,
+                          _resized_window(resize, resize, 0, 0))
+  square = tf.image.resize(square, [resize, resize], method='bilinear',
+                           antialias=True)
+  far, mid = resize - crop_size, (resize - crop_size) // 2
+  corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+  crops = [tf.image.crop_to_bounding_box(square, y, x, crop_size, crop_size)
+           for y, x in corners]
+  crops += [tf.image.flip_left_right(c) for c in crops]
+  return normalize(tf.stack(crops))
