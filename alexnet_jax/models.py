@@ -55,6 +55,7 @@ CONV_KERNELS = ((11, 4), (5, 1), (3, 1), (3, 1), (3, 1))
 # Paper section 5: weights N(0, 0.01); biases 1 where a ReLU should start
 # with positive input (conv2, conv4, conv5, fc6, fc7), 0 elsewhere.
 INIT_STDDEV = 0.01
+_WEIGHT_INIT = nn.initializers.normal(stddev=INIT_STDDEV)
 BIAS_ONE_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -130,10 +131,6 @@ def tower_index(local_index: int, axis_name: str | None) -> jax.Array | int:
   return lax.axis_index(axis_name)
 
 
-def _normal(stddev):
-  return nn.initializers.normal(stddev=stddev)
-
-
 def _conv(x, kernel, stride, padding):
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -157,7 +154,7 @@ class TowerConv(nn.Module):
   def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
     k = self.kernel_size
     shape = (len(xs), k, k, xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', _normal(INIT_STDDEV), shape)
+    kernel = self.param('kernel', _WEIGHT_INIT, shape)
     kernel = kernel.astype(self.dtype)
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
                       (len(xs), self.features)).astype(self.dtype)
@@ -178,7 +175,7 @@ class TowerDense(nn.Module):
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
     shape = (len(xs), xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', _normal(INIT_STDDEV), shape)
+    kernel = self.param('kernel', _WEIGHT_INIT, shape)
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
                       (len(xs), self.features))
     y = jnp.einsum('tbi,tio->tbo', jnp.stack(xs), kernel.astype(self.dtype))
@@ -198,7 +195,7 @@ class BlockSumDense(nn.Module):
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
     shape = (len(xs), xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', _normal(INIT_STDDEV), shape)
+    kernel = self.param('kernel', _WEIGHT_INIT, shape)
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
     partial = x @ kernel.reshape(-1, self.features).astype(self.dtype)
