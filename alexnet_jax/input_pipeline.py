@@ -18,7 +18,12 @@ parallelized.
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import synthetic_shapes  # registers its tfds builder
 
 # Section 2: the mean training image, here per channel on a 0..255 scale.
 MEAN_RGB = (123.68, 116.78, 103.94)
@@ -156,3 +161,107 @@ def preprocess_eval(image_bytes: tf.Tensor, *, crop_size: int,
            for y, x in corners]
   crops += [tf.image.flip_left_right(c) for c in crops]
   return normalize(tf.stack(crops))
+
+
+# --------------------------------------------------------------------------
+# Datasets.
+
+IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+DATASETS = ('imagenet2012', 'cifar10', synthetic_shapes.SyntheticShapes.name,
+            f'{synthetic_shapes.SyntheticShapes.name}/tiny')
+
+
+def dataset_builder(name: str, data_dir: str | None = None
+                    ) -> tfds.core.DatasetBuilder:
+  """The tfds builder of ``name``, prepared (generated, for the synthetic set).
+
+  Raises:
+    ValueError: an unknown name, or ImageNet's manual files are missing.
+  """
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; use one of {DATASETS}.')
+  builder = tfds.builder(name, data_dir=data_dir)
+  if name == 'imagenet2012' and not builder.is_prepared():
+    manual_dir = os.path.join(builder.data_dir_root, 'downloads', 'manual')
+    missing = [f for f in IMAGENET_MANUAL_FILES
+               if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing:
+      raise ValueError(
+          f'ImageNet must be downloaded by hand: put {", ".join(missing)} '
+          f'(from image-net.org, ILSVRC2012) in {manual_dir}, then run '
+          f'again; the first run converts them (hours).')
+  builder.download_and_prepare()
+  return builder
+
+
+def _process_split(split: str, process_index: int, process_count: int):
+  """This process's part of ``split``: disjoint parts that cover it."""
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count)
+
+
+def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
+                 global_batch_size: int, train: bool, crop_size: int,
+                 resize: int = RESIZE, crop: str = 'paper',
+                 pca_stddev: float = PCA_STDDEV, ten_crop: bool = False,
+                 seed: int = 0, shuffle_buffer: int = 16_384,
+                 process_index: int = 0, process_count: int = 1
+                 ) -> tf.data.Dataset:
+  """This process's batches of ``split``, preprocessed as in the paper.
+
+  Each process reads only its own part of the split and yields its
+  ``global_batch_size // process_count`` rows of every global batch
+  (``parallel.global_batch`` assembles them):
+
+  * train: shuffled, repeated forever, random crops; dicts of ``image``
+    ``[b, crop, crop, 3]`` float32 and ``label`` ``[b]`` int32.
+  * eval: one pass in order, centre crops (``[b, 10, crop, crop, 3]`` with
+    ``ten_crop``), plus ``mask`` ``[b]`` (False on padding): the last batch
+    is padded, and every process yields the same number of batches.
+
+  Deterministic for a ``seed``.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} is not '
+                     f'divisible by the {process_count} processes.')
+  local_batch = global_batch_size // process_count
+  ds = builder.as_dataset(
+      split=_process_split(split, process_index, process_count),
+      shuffle_files=train, decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=seed))
+  label = lambda ex: tf.cast(ex['label'], tf.int32)
+  if train:
+    # A different stream per process; per example a seed from its position.
+    stream = tf.constant([seed, process_index], tf.int64)
+    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
+    ds = ds.map(
+        lambda i, ex: {
+            'image': preprocess_train(
+                ex['image'], tf.stack([stream[0] * 65_536 + stream[1], i]),
+                crop_size=crop_size, resize=resize, crop=crop,
+                pca_stddev=pca_stddev),
+            'label': label(ex)},
+        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True)
+  else:
+    ds = ds.map(lambda ex: {
+        'image': preprocess_eval(ex['image'], crop_size=crop_size,
+                                 resize=resize, ten_crop=ten_crop),
+        'label': label(ex), 'mask': True},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    padding = _eval_padding(builder, split, local_batch, process_index,
+                            process_count)
+    blank = tf.data.Dataset.from_tensors(
+        {'image': tf.zeros(ds.element_spec['image'].shape),
+         'label': 0, 'mask': False})
+    ds = ds.concatenate(blank.repeat(padding)).batch(local_batch)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _eval_padding(builder, split, local_batch, process_index, process_count):
+  """Blank examples this process appends so that all yield whole batches,
+  as many as the process with the most examples."""
+  counts = [builder.info.splits[_process_split(split, i, process_count)]
+            .num_examples for i in range(process_count)]
+  batches = -(-max(counts) // local_batch)
+  return batches * local_batch - counts[process_index]

@@ -1,0 +1,123 @@
+"""Datasets: the generated one, per-process splits, mock ImageNet/CIFAR-10."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import input_pipeline as ip
+from alexnet_jax import synthetic_shapes
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+  """The tiny synthetic dataset, generated into a fresh directory."""
+  return ip.dataset_builder('synthetic_shapes/tiny',
+                            data_dir=str(tmp_path_factory.mktemp('tfds')))
+
+
+def raw(builder, split):
+  ds = builder.as_dataset(split=split,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  return list(tfds.as_numpy(ds))
+
+
+def test_generated_examples_are_deterministic_jpegs(shapes):
+  examples = raw(shapes, 'train')
+  assert len(examples) == 200
+  by_label = np.bincount([ex['label'] for ex in examples], minlength=10)
+  np.testing.assert_array_equal(by_label, 20)  # balanced
+  sizes = set()
+  for ex in examples:
+    assert ex['image'][:2] == b'\xff\xd8'  # JPEG
+    sizes.add(tuple(tf.io.extract_jpeg_shape(ex['image']).numpy()[:2]))
+  assert len(sizes) > 50  # widths and heights vary
+  assert all(72 <= min(s) and max(s) <= 144 for s in sizes)
+  # Example i is draw(rng([split, i]), i % 10), whoever generates it.
+  stored = {tf.io.decode_jpeg(ex['image']).numpy().tobytes()
+            for ex in examples}
+  for i in (0, 7, 199):
+    again = synthetic_shapes.draw(np.random.default_rng([0, i]), i % 10)
+    decoded = tf.io.decode_jpeg(synthetic_shapes.encode_jpeg(again)).numpy()
+    assert decoded.tobytes() in stored
+
+
+def digest(ex):
+  return hashlib.sha1(ex['image']).hexdigest()
+
+
+@pytest.mark.parametrize('split,processes', [('train', 2), ('validation', 3)])
+def test_process_parts_are_disjoint_and_complete(shapes, split, processes):
+  whole = [digest(ex) for ex in raw(shapes, split)]
+  parts = [[digest(ex) for ex in raw(shapes, ip._process_split(
+      split, i, processes))] for i in range(processes)]
+  assert sum(len(p) for p in parts) == len(whole)
+  assert set().union(*parts) == set(whole)
+
+
+def test_eval_batches_cover_the_split_once_with_padding(shapes):
+  per_process = []
+  for i in range(3):  # 100 examples: 34, 33, 33 -> 3 batches of 12 each
+    batches = list(tfds.as_numpy(ip.create_split(
+        shapes, 'validation', global_batch_size=36, train=False,
+        crop_size=64, resize=73, process_index=i, process_count=3)))
+    per_process.append(batches)
+    for b in batches:
+      assert b['image'].shape == (12, 64, 64, 3)
+      assert b['mask'].dtype == bool
+  assert {len(b) for b in per_process} == {3}
+  assert sum(b['mask'].sum() for p in per_process for b in p) == 100
+  ten = next(iter(tfds.as_numpy(ip.create_split(
+      shapes, 'validation', global_batch_size=4, train=False, crop_size=64,
+      resize=73, ten_crop=True))))
+  assert ten['image'].shape == (4, 10, 64, 64, 3)
+
+
+def first_batches(builder, n=2, **kw):
+  kw = dict(dict(global_batch_size=8, train=True, crop_size=64, resize=73),
+            **kw)
+  return list(tfds.as_numpy(ip.create_split(builder, 'train', **kw).take(n)))
+
+
+def test_train_stream_is_deterministic_per_seed_and_process(shapes):
+  a, b = first_batches(shapes), first_batches(shapes)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['image'], y['image'])
+    np.testing.assert_array_equal(x['label'], y['label'])
+  other_seed = first_batches(shapes, seed=1)
+  assert not np.array_equal(a[0]['image'], other_seed[0]['image'])
+  other_process = first_batches(shapes, process_index=1, process_count=2,
+                                global_batch_size=16)
+  assert other_process[0]['image'].shape == (8, 64, 64, 3)
+  assert not np.array_equal(a[0]['image'], other_process[0]['image'])
+
+
+@pytest.mark.parametrize('name,size,resize', [('imagenet2012', 224, 256),
+                                              ('cifar10', 64, 73)])
+def test_mock_imagenet_and_cifar10_train_batches(name, size, resize):
+  with tfds.testing.mock_data(num_examples=16):
+    builder = tfds.builder(name)
+    batch = first_batches(builder, 1, global_batch_size=4, crop_size=size,
+                          resize=resize)[0]
+  assert batch['image'].shape == (4, size, size, 3)
+  assert batch['image'].dtype == np.float32
+  assert batch['label'].dtype == np.int32
+  # 0..255 pixels minus the mean, plus a small PCA offset.
+  assert -140 < batch['image'].min() and batch['image'].max() < 170
+  assert batch['image'].std() > 10
+
+
+def test_unknown_dataset_is_refused():
+  with pytest.raises(ValueError, match="'mnist'.*imagenet2012"):
+    ip.dataset_builder('mnist')
+
+
+def test_missing_imagenet_files_are_named(tmp_path):
+  with pytest.raises(ValueError) as error:
+    ip.dataset_builder('imagenet2012', data_dir=str(tmp_path))
+  message = str(error.value)
+  assert 'ILSVRC2012_img_train.tar' in message
+  assert 'ILSVRC2012_img_val.tar' in message
+  assert str(tmp_path / 'downloads' / 'manual') in message
