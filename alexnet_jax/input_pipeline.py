@@ -81,9 +81,17 @@ def _resized_window(crop_size: int, resize: int, offset_y, offset_x):
 
 
 def _to_float(image: tf.Tensor, crop_size: int) -> tf.Tensor:
-  """Resized to ``crop_size`` square, float32 on a 0..255 scale."""
-  return tf.image.resize(image, [crop_size, crop_size], method='bilinear',
-                         antialias=True)
+  """Resized to ``crop_size`` square, float32 on a 0..255 scale.
+
+  Shrinking averages the source pixels each output pixel covers ('area', an
+  antialiased resize; bilinear with ``antialias=True`` measured 2x slower and
+  would miss the input speed target); enlarging (CIFAR-10) is bilinear.
+  """
+  size = [crop_size, crop_size]
+  return tf.cond(
+      tf.shape(image)[0] >= crop_size,
+      lambda: tf.image.resize(image, size, method='area'),
+      lambda: tf.image.resize(image, size, method='bilinear'))
 
 
 def pca_offset(seed: tf.Tensor, stddev: float = PCA_STDDEV) -> tf.Tensor:
@@ -153,8 +161,7 @@ def preprocess_eval(image_bytes: tf.Tensor, *, crop_size: int,
                                crop_size))
   square = _decode_window(image_bytes,
                           _resized_window(resize, resize, 0, 0))
-  square = tf.image.resize(square, [resize, resize], method='bilinear',
-                           antialias=True)
+  square = _to_float(square, resize)
   far, mid = resize - crop_size, (resize - crop_size) // 2
   corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
   crops = [tf.image.crop_to_bounding_box(square, y, x, crop_size, crop_size)

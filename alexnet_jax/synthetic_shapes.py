@@ -57,7 +57,7 @@ def _outline(shape: str, radius: float, angle: float):
   return shape, radius  # circle, ring, crescent: drawn from the radius
 
 
-def _background(rng: np.random.Generator, height: int, width: int):
+def background(rng: np.random.Generator, height: int, width: int):
   """A two-colour gradient in a random direction, with pixel noise."""
   a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
   direction = rng.uniform(0, 2 * np.pi)
@@ -72,8 +72,8 @@ def _background(rng: np.random.Generator, height: int, width: int):
 def draw(rng: np.random.Generator, label: int) -> np.ndarray:
   """One ``uint8 [height, width, 3]`` image of shape ``SHAPES[label]``."""
   height, width = rng.integers(MIN_SIDE, MAX_SIDE + 1, 2)
-  background = _background(rng, height, width)
-  image = Image.fromarray(background)
+  back = background(rng, height, width)
+  image = Image.fromarray(back)
   canvas = ImageDraw.Draw(image)
   # Inside the centre square, which is what the paper's preprocessing keeps.
   side = min(height, width)
@@ -97,7 +97,7 @@ def draw(rng: np.random.Generator, label: int) -> np.ndarray:
     ImageDraw.Draw(mask).ellipse((bx - 0.8 * radius, by - 0.8 * radius,
                                   bx + 0.8 * radius, by + 0.8 * radius),
                                  fill=255)
-    image.paste(Image.fromarray(background), mask=mask)
+    image.paste(Image.fromarray(back), mask=mask)
   return np.asarray(image)
 
 

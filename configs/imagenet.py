@@ -32,6 +32,16 @@ def get_config() -> ml_collections.ConfigDict:
       dtype='float32',  # or 'bfloat16': bfloat16 compute, float32 params
   ))
 
+  # Sections 2 and 4.1; see alexnet_jax/input_pipeline.py.
+  config.input = ml_collections.ConfigDict(dict(
+      dataset='imagenet2012',
+      resize=256,        # shorter side, then the centre square
+      crop='paper',      # or 'inception'
+      pca_stddev=0.1,    # the PCA colour draw; 0 turns it off
+      ten_crop_eval=True,
+      shuffle_buffer=16_384,
+  ))
+
   # Section 5: SGD, batch 128, momentum 0.9, weight decay 0.0005, lr 0.01.
   config.batch_size = 128
   config.learning_rate = 0.01
