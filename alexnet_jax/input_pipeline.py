@@ -5,8 +5,8 @@ Training, the paper's way: rescale the shorter side to 256, take the centre
 convention, see ``models.py``) and a random horizontal reflection; add the
 PCA colour offset; subtract the mean RGB. Only the pixels of the final patch
 are decoded: the patch is mapped back to the original image and cut out by
-``tf.io.decode_and_crop_jpeg`` before resizing, which is the same window as
-resize-then-crop and much cheaper.
+``tf.io.decode_and_crop_jpeg``, then reflected (still uint8) and resized,
+which is the same window as resize-then-crop and much cheaper.
 
 Evaluation: the centre patch, or the paper's ten patches (four corners and
 the centre of the 256x256 image, each with its reflection).
@@ -139,13 +139,14 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
       return begin[0], begin[1], size[0], size[1]
   else:
     raise ValueError(f"Unknown crop {crop!r}; use 'paper' or 'inception'.")
-  image = _to_float(_decode_window(image_bytes, window_fn), crop_size)
+  patch = _decode_window(image_bytes, window_fn)
   flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-  image = tf.cond(flip, lambda: tf.image.flip_left_right(image),
-                  lambda: image)
+  patch = tf.cond(flip, lambda: tf.reverse(patch, [1]), lambda: patch)
+  # One pass over the pixels: colour offset and mean together.
+  shift = -tf.constant(MEAN_RGB, tf.float32)
   if pca_stddev:
-    image += pca_offset(pca_seed, pca_stddev)
-  return normalize(image)
+    shift += pca_offset(pca_seed, pca_stddev)
+  return _to_float(patch, crop_size) + shift
 
 
 def preprocess_eval(image_bytes: tf.Tensor, *, crop_size: int,
