@@ -227,6 +227,10 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
     ``ten_crop``), plus ``mask`` ``[b]`` (False on padding): the last batch
     is padded, and every process yields the same number of batches.
 
+  Undecodable images: training skips them (a warning in the log);
+  evaluation stops with TensorFlow's decoding error, since skipping would
+  silently change the evaluation set.
+
   Deterministic for a ``seed``.
   """
   if global_batch_size % process_count:
@@ -250,6 +254,9 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
                 pca_stddev=pca_stddev),
             'label': label(ex)},
         num_parallel_calls=tf.data.AUTOTUNE)
+    # An image that does not decode is skipped with a logged warning; the
+    # others keep their seeds, as those come from positions taken before.
+    ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(local_batch, drop_remainder=True)
   else:
     ds = ds.map(lambda ex: {

@@ -121,3 +121,22 @@ def test_missing_imagenet_files_are_named(tmp_path):
   assert 'ILSVRC2012_img_train.tar' in message
   assert 'ILSVRC2012_img_val.tar' in message
   assert str(tmp_path / 'downloads' / 'manual') in message
+
+
+def test_undecodable_training_images_are_skipped_not_fatal():
+  good = tf.io.encode_jpeg(np.full((40, 50, 3), 90, np.uint8)).numpy()
+
+  def as_dataset(self, *args, **kwargs):
+    del self, args, kwargs
+    images = [b'not an image' if i == 3 else good for i in range(8)]
+    return tf.data.Dataset.from_tensor_slices(
+        {'image': images, 'label': np.arange(8), 'file_name': [b'x'] * 8})
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    builder = tfds.builder('imagenet2012')
+    batch = first_batches(builder, 1, global_batch_size=7, crop_size=32,
+                          resize=36, shuffle_buffer=1)[0]
+    assert sorted(batch['label']) == [0, 1, 2, 4, 5, 6, 7]
+  # Evaluation maps preprocess_eval over the split, which stops the run.
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    ip.preprocess_eval(tf.constant(b'not an image'), crop_size=32, resize=36)
