@@ -1,14 +1,20 @@
 """Datasets: the generated one, per-process splits, mock ImageNet/CIFAR-10."""
 
 import hashlib
+import io
+import tarfile
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import input_pipeline as ip
+from alexnet_jax import parallel
 from alexnet_jax import synthetic_shapes
+from alexnet_jax import train
+from configs import imagenet
 
 
 @pytest.fixture(scope='module')
@@ -140,3 +146,57 @@ def test_undecodable_training_images_are_skipped_not_fatal():
   # Evaluation maps preprocess_eval over the split, which stops the run.
   with pytest.raises(tf.errors.InvalidArgumentError):
     ip.preprocess_eval(tf.constant(b'not an image'), crop_size=32, resize=36)
+
+
+def tar_add(tar, name, data):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def test_imagenet_manual_archive_end_to_end(tmp_path):
+  """A tiny archive in ImageNet's manual layout, through the real builder,
+  then one split train step on what it produced."""
+  manual = tmp_path / 'downloads' / 'manual'
+  manual.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  jpeg = lambda: synthetic_shapes.encode_jpeg(synthetic_shapes.draw(
+      rng, int(rng.integers(10))))
+  synsets = ('n01440764', 'n02105855')
+  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as train_tar:
+    for synset in synsets:  # a tar of per-synset tars of JPEGs
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode='w') as per_synset:
+        for k in range(3):
+          tar_add(per_synset, f'{synset}_{k}.JPEG', jpeg())
+      tar_add(train_tar, f'{synset}.tar', inner.getvalue())
+  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as val_tar:
+    for i in range(1, 5):
+      tar_add(val_tar, f'ILSVRC2012_val_{i:08d}.JPEG', jpeg())
+
+  builder = ip.dataset_builder('imagenet2012', data_dir=str(tmp_path))
+  names = builder.info.features['label'].names
+  train_examples = raw(builder, 'train')
+  assert sorted(names[ex['label']] for ex in train_examples) == sorted(
+      synsets * 3)
+  # Validation labels come from tfds's own file, by image name.
+  labels_file = tfds.core.tfds_path(
+      'datasets/imagenet2012/validation_labels.txt')
+  want = labels_file.read_text().split()[:4]
+  got = {ex['file_name'].decode(): names[ex['label']]
+         for ex in raw(builder, 'validation')}
+  assert [got[f'ILSVRC2012_val_{i:08d}.JPEG'] for i in range(1, 5)] == want
+
+  config = imagenet.get_config()
+  config.batch_size = 4
+  config.model.update(width=0.0625, image_size=64)
+  batch = first_batches(builder, 1, global_batch_size=4, crop_size=64,
+                        resize=73)[0]
+  model = train.create_model(config.model)
+  mesh = parallel.make_mesh(config)
+  state = parallel.create_train_state(config, model, mesh, jax.random.key(0))
+  images, labels = parallel.global_batch(mesh, batch['image'], batch['label'])
+  state, metrics = parallel.make_train_step(mesh, state)(
+      state, images, labels, jax.random.key(1))
+  assert np.isfinite(float(metrics['loss']))
+  assert int(state.step) == 1
