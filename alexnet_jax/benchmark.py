@@ -80,11 +80,15 @@ class _Runner:
     return statistics.median(self.times)
 
 
-def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
-  """Times ``steps`` train steps; returns the figures as a dict."""
+def _check_counts(steps: int, warmup: int) -> None:
   if steps < 1 or warmup < 0:
     raise ValueError(f'Need steps >= 1 and warmup >= 0; got steps={steps}, '
                      f'warmup={warmup}.')
+
+
+def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
+  """Times ``steps`` train steps; returns the figures as a dict."""
+  _check_counts(steps, warmup)
   if config.batch_size < 1:
     raise ValueError(f'batch_size must be >= 1; got {config.batch_size}.')
   if lrn_share and not config.model.use_lrn:
@@ -126,9 +130,7 @@ def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
 def benchmark_input(config, steps: int, warmup: int) -> dict:
   """Times the paper's training augmentation (decode the patch, resize,
   flip, PCA colour, mean) on ImageNet-sized JPEGs made here, on all cores."""
-  if steps < 1 or warmup < 0:
-    raise ValueError(f'Need steps >= 1 and warmup >= 0; got steps={steps}, '
-                     f'warmup={warmup}.')
+  _check_counts(steps, warmup)
   rng = np.random.default_rng(config.seed)
   jpegs = [synthetic_shapes.encode_jpeg(synthetic_shapes.background(
       rng, *INPUT_JPEG_SHAPE)) for _ in range(INPUT_DISTINCT_JPEGS)]

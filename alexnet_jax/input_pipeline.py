@@ -244,14 +244,13 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
   label = lambda ex: tf.cast(ex['label'], tf.int32)
   if train:
     # A different stream per process; per example a seed from its position.
-    stream = tf.constant([seed, process_index], tf.int64)
+    stream = tf.constant(seed * 65_536 + process_index, tf.int64)
     ds = ds.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
     ds = ds.map(
         lambda i, ex: {
             'image': preprocess_train(
-                ex['image'], tf.stack([stream[0] * 65_536 + stream[1], i]),
-                crop_size=crop_size, resize=resize, crop=crop,
-                pca_stddev=pca_stddev),
+                ex['image'], tf.stack([stream, i]), crop_size=crop_size,
+                resize=resize, crop=crop, pca_stddev=pca_stddev),
             'label': label(ex)},
         num_parallel_calls=tf.data.AUTOTUNE)
     # An image that does not decode is skipped with a logged warning; the

@@ -61,3 +61,14 @@ def test_lrn_share_needs_lrn():
   config.model.use_lrn = False
   with pytest.raises(ValueError, match='use_lrn'):
     benchmark.benchmark(config, steps=1, warmup=0, lrn_share=True)
+
+
+def test_input_benchmark_reports_per_core_rate():
+  config = small_config()
+  config.batch_size = 4
+  config.input.resize = 73
+  result = benchmark.benchmark_input(config, steps=2, warmup=1)
+  assert result['part'] == 'input' and result['image_size'] == 64
+  assert result['images_per_sec_per_core'] == pytest.approx(
+      result['images_per_sec'] / result['cores'], rel=0.01)
+  assert result['jpeg_shape'] == [375, 500]
