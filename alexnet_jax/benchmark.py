@@ -8,9 +8,11 @@ Prints one JSON line: images_per_sec (from the median step), step_ms,
 compile_s, batch_size, image_size, dtype, devices, the ('data', 'model')
 mesh, backend and the model settings. The step is the split step of
 ``parallel.py`` on all devices (``--config.model_axis_size=2`` puts one tower
-on each device; on CPU, ``JAX_NUM_CPU_DEVICES=2`` makes two devices). ``--lrn_share`` also compiles the same net without LRN, alternates
-steps of the two so that both see the same machine load, and reports
-``lrn_share``, the fraction of the step the LRN costs.
+on each device; on CPU, ``JAX_NUM_CPU_DEVICES=2`` makes two devices).
+``--lrn_share`` also compiles the same net without LRN, alternates steps of
+the two so that both see the same machine load, and reports ``lrn_share``,
+the fraction of the step the LRN costs. ``--part=input`` times the training
+augmentation alone (``input_pipeline.augmented_examples``) on all cores.
 """
 
 from __future__ import annotations
@@ -135,11 +137,11 @@ def benchmark_input(config, steps: int, warmup: int) -> dict:
   jpegs = [synthetic_shapes.encode_jpeg(synthetic_shapes.background(
       rng, *INPUT_JPEG_SHAPE)) for _ in range(INPUT_DISTINCT_JPEGS)]
   crop_size = config.model.image_size
-  ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat().enumerate()
-  ds = ds.map(lambda i, image: input_pipeline.preprocess_train(
-      image, tf.stack([tf.cast(config.seed, tf.int64), i]),
-      crop_size=crop_size, resize=config.input.resize, crop=config.input.crop,
-      pca_stddev=config.input.pca_stddev), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = tf.data.Dataset.from_tensor_slices(
+      {'image': jpegs, 'label': np.zeros(len(jpegs), np.int32)}).repeat()
+  ds = input_pipeline.augmented_examples(
+      ds, config.seed, crop_size=crop_size, resize=config.input.resize,
+      crop=config.input.crop, pca_stddev=config.input.pca_stddev)
   batches = iter(ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
   for _ in range(warmup):
     next(batches)

@@ -241,27 +241,18 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
       split=_process_split(split, process_index, process_count),
       shuffle_files=train, decoders={'image': tfds.decode.SkipDecoding()},
       read_config=tfds.ReadConfig(shuffle_seed=seed))
-  label = lambda ex: tf.cast(ex['label'], tf.int32)
   if train:
-    # A different stream per process; per example a seed from its position.
-    stream = tf.constant(seed * 65_536 + process_index, tf.int64)
-    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
-    ds = ds.map(
-        lambda i, ex: {
-            'image': preprocess_train(
-                ex['image'], tf.stack([stream, i]), crop_size=crop_size,
-                resize=resize, crop=crop, pca_stddev=pca_stddev),
-            'label': label(ex)},
-        num_parallel_calls=tf.data.AUTOTUNE)
-    # An image that does not decode is skipped with a logged warning; the
-    # others keep their seeds, as those come from positions taken before.
-    ds = ds.ignore_errors(log_warning=True)
+    # A different stream per process.
+    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+    ds = augmented_examples(ds, seed * 65_536 + process_index,
+                            crop_size=crop_size, resize=resize, crop=crop,
+                            pca_stddev=pca_stddev)
     ds = ds.batch(local_batch, drop_remainder=True)
   else:
     ds = ds.map(lambda ex: {
         'image': preprocess_eval(ex['image'], crop_size=crop_size,
                                  resize=resize, ten_crop=ten_crop),
-        'label': label(ex), 'mask': True},
+        'label': tf.cast(ex['label'], tf.int32), 'mask': True},
                 num_parallel_calls=tf.data.AUTOTUNE)
     padding = _eval_padding(builder, split, local_batch, process_index,
                             process_count)
@@ -270,6 +261,27 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
          'label': 0, 'mask': False})
     ds = ds.concatenate(blank.repeat(padding)).batch(local_batch)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
+                       crop_size: int, resize: int = RESIZE,
+                       crop: str = 'paper', pca_stddev: float = PCA_STDDEV
+                       ) -> tf.data.Dataset:
+  """``preprocess_train`` over ``{'image': encoded, 'label': int}`` examples.
+
+  Example ``i`` of the stream draws from seed ``(stream_seed, i)``. An image
+  that does not decode is skipped with a logged warning; the others keep
+  their seeds, as those come from positions taken before decoding.
+  """
+  stream = tf.constant(stream_seed, tf.int64)
+  ds = ds.enumerate().map(
+      lambda i, ex: {
+          'image': preprocess_train(
+              ex['image'], tf.stack([stream, i]), crop_size=crop_size,
+              resize=resize, crop=crop, pca_stddev=pca_stddev),
+          'label': tf.cast(ex['label'], tf.int32)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.ignore_errors(log_warning=True)
 
 
 def _eval_padding(builder, split, local_batch, process_index, process_count):
