@@ -219,10 +219,12 @@ def make_train_step(mesh: Mesh, state: train_state.TrainState):
 
 
 def make_eval_step(mesh: Mesh, state: train_state.TrainState):
-  """``step(state, images, labels) -> sums`` (see ``train.eval_step``), jitted."""
+  """``step(state, images, labels, mask) -> sums`` (``train.eval_step``),
+  jitted; ``mask`` is the input pipeline's (False on padding)."""
   step = jax.shard_map(
       functools.partial(train.eval_step, data_axis=DATA), mesh=mesh,
-      in_specs=(tower_specs(state, mesh), P(DATA), P(DATA)), out_specs=P())
+      in_specs=(tower_specs(state, mesh), P(DATA), P(DATA), P(DATA)),
+      out_specs=P())
   return jax.jit(step)
 
 

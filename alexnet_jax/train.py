@@ -97,21 +97,24 @@ def train_step(state: train_state.TrainState, images: jax.Array,
 
 
 def eval_step(state: train_state.TrainState, images: jax.Array,
-              labels: jax.Array, *, data_axis: str | None = None
-              ) -> dict[str, jax.Array]:
+              labels: jax.Array, mask: jax.Array | None = None, *,
+              data_axis: str | None = None) -> dict[str, jax.Array]:
   """Sums over a batch, to be added up over an evaluation set: ``loss``,
   ``top1_errors``, ``top5_errors`` and ``count``. Dropout is off.
 
-  Inside ``shard_map`` the sums cover the whole global batch.
+  ``mask`` (the input pipeline's, False on padding) leaves rows out of every
+  sum. Inside ``shard_map`` the sums cover the whole global batch.
   """
   logits = state.apply_fn({'params': state.params}, images, train=False)
+  weight = (jnp.ones(labels.shape, jnp.float32) if mask is None
+            else mask.astype(jnp.float32))
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   k = min(5, logits.shape[-1])
   top5 = jnp.any(lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
   sums = {
-      'loss': losses.sum(),
-      'top1_errors': jnp.sum(jnp.argmax(logits, -1) != labels),
-      'top5_errors': jnp.sum(~top5),
-      'count': jnp.asarray(labels.shape[0]),
+      'loss': jnp.sum(weight * losses),
+      'top1_errors': jnp.sum(weight * (jnp.argmax(logits, -1) != labels)),
+      'top5_errors': jnp.sum(weight * ~top5),
+      'count': jnp.sum(weight),
   }
   return sums if data_axis is None else lax.psum(sums, data_axis)

@@ -83,13 +83,15 @@ def test_split_eval_step_equals_single_device(mesh_shape):
   model = train.create_model(config.model)
   rng = jax.random.key(0)
   images, labels = batch(8)
+  mask = np.arange(8) < 7  # the last row is padding
   want = jax.jit(train.eval_step)(
-      scaled(train.create_train_state(config, model, rng)), images, labels)
+      scaled(train.create_train_state(config, model, rng)), images, labels,
+      mask)
   mesh = parallel.make_mesh(config, jax.devices()[:np.prod(mesh_shape)])
   state = scaled(parallel.create_train_state(config, model, mesh, rng))
   got = parallel.make_eval_step(mesh, state)(
-      state, *parallel.global_batch(mesh, images, labels))
-  assert int(got['count']) == 8
+      state, *parallel.global_batch(mesh, images, labels, mask))
+  assert int(got['count']) == 7
   for key in want:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
 

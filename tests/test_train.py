@@ -88,6 +88,14 @@ def test_eval_step_sums_by_hand():
   np.testing.assert_allclose(sums['loss'],
                              -(log_p[0, 5] + log_p[1, 4] + log_p[2, 3]),
                              rtol=1e-6)
+  # Padding rows (mask False) are left out of every sum.
+  masked = train.eval_step(state, jnp.zeros((3, 1)), labels,
+                           jnp.array([True, False, True]))
+  assert int(masked['count']) == 2
+  assert int(masked['top1_errors']) == 1
+  assert int(masked['top5_errors']) == 1
+  np.testing.assert_allclose(masked['loss'], -(log_p[0, 5] + log_p[2, 3]),
+                             rtol=1e-6)
 
 
 def test_create_model_reads_the_config():
