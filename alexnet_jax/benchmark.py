@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import synthetic_shapes
-from alexnet_jax import train
+from alexnet_jax import steps
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
@@ -51,7 +51,7 @@ class _Runner:
   """A compiled train step on the config's mesh, with a fixed batch."""
 
   def __init__(self, config, **model_overrides):
-    model = train.create_model(config.model, **model_overrides)
+    model = steps.create_model(config.model, **model_overrides)
     self.mesh = parallel.make_mesh(config)
     rng = jax.random.key(config.seed)
     self.state = parallel.create_train_state(config, model, self.mesh, rng)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -208,21 +209,57 @@ def _process_split(split: str, process_index: int, process_count: int):
                                     process_count=process_count)
 
 
+def _part_sizes(builder, split, process_count) -> list[int]:
+  """Examples in each process's part of ``split``, from the dataset's
+  metadata; counted by reading when it has none (tfds's mock data)."""
+  parts = [_process_split(split, i, process_count)
+           for i in range(process_count)]
+  if builder.info.splits:
+    return [builder.info.splits[p].num_examples for p in parts]
+  return [int(builder.as_dataset(split=p, decoders={
+      'image': tfds.decode.SkipDecoding()}).reduce(0, lambda n, _: n + 1))
+          for p in parts]
+
+
+def steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str,
+                    global_batch_size: int, process_count: int = 1) -> int:
+  """Whole global batches in one pass over ``split``: the same for every
+  process (each epoch leaves out its last partial batch, a different one
+  every epoch since the order is reshuffled).
+
+  Raises:
+    ValueError: the split is smaller than one global batch.
+  """
+  sizes = _part_sizes(builder, split, process_count)
+  steps = min(sizes) // (global_batch_size // process_count)
+  if steps == 0:
+    raise ValueError(
+        f'The {split!r} split of {builder.info.full_name} has {sum(sizes)} '
+        f'examples, fewer than one batch of batch_size={global_batch_size}; '
+        f'use a smaller batch_size.')
+  return steps
+
+
 def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
                  global_batch_size: int, train: bool, crop_size: int,
                  resize: int = RESIZE, crop: str = 'paper',
                  pca_stddev: float = PCA_STDDEV, ten_crop: bool = False,
-                 seed: int = 0, shuffle_buffer: int = 16_384,
-                 process_index: int = 0, process_count: int = 1
-                 ) -> tf.data.Dataset:
+                 seed: int = 0, epoch: int = 0, skip_batches: int = 0,
+                 shuffle_buffer: int = 16_384, process_index: int = 0,
+                 process_count: int = 1) -> tf.data.Dataset:
   """This process's batches of ``split``, preprocessed as in the paper.
 
   Each process reads only its own part of the split and yields its
   ``global_batch_size // process_count`` rows of every global batch
   (``parallel.global_batch`` assembles them):
 
-  * train: shuffled, repeated forever, random crops; dicts of ``image``
-    ``[b, crop, crop, 3]`` float32 and ``label`` ``[b]`` int32.
+  * train: epoch ``epoch``: the part in an order shuffled for
+    ``(seed, epoch)``, random crops, from batch ``skip_batches`` on (a
+    resumed run skips what it has trained on without decoding it); dicts of
+    ``image`` ``[b, crop, crop, 3]`` float32 and ``label`` ``[b]`` int32.
+    The stream goes on into further reshuffled passes, so that skipped
+    undecodable images never leave an epoch short: take
+    ``steps_per_epoch(...) - skip_batches`` batches.
   * eval: one pass in order, centre crops (``[b, 10, crop, crop, 3]`` with
     ``ten_crop``), plus ``mask`` ``[b]`` (False on padding): the last batch
     is padded, and every process yields the same number of batches.
@@ -231,20 +268,21 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
   evaluation stops with TensorFlow's decoding error, since skipping would
   silently change the evaluation set.
 
-  Deterministic for a ``seed``.
+  Deterministic for ``(seed, epoch)``.
   """
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not '
                      f'divisible by the {process_count} processes.')
   local_batch = global_batch_size // process_count
+  epoch_seed = _seed(seed, epoch)
   ds = builder.as_dataset(
       split=_process_split(split, process_index, process_count),
       shuffle_files=train, decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(shuffle_seed=seed))
+      read_config=tfds.ReadConfig(shuffle_seed=epoch_seed))
   if train:
-    # A different stream per process.
-    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
-    ds = augmented_examples(ds, seed * 65_536 + process_index,
+    ds = ds.shuffle(shuffle_buffer, seed=epoch_seed).repeat()
+    ds = augmented_examples(ds, _seed(seed, epoch, process_index),
+                            first=skip_batches * local_batch,
                             crop_size=crop_size, resize=resize, crop=crop,
                             pca_stddev=pca_stddev)
     ds = ds.batch(local_batch, drop_remainder=True)
@@ -254,8 +292,8 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
                                  resize=resize, ten_crop=ten_crop),
         'label': tf.cast(ex['label'], tf.int32), 'mask': True},
                 num_parallel_calls=tf.data.AUTOTUNE)
-    padding = _eval_padding(builder, split, local_batch, process_index,
-                            process_count)
+    padding = _eval_padding(builder, split, local_batch, process_count,
+                            process_index)
     blank = tf.data.Dataset.from_tensors(
         {'image': tf.zeros(ds.element_spec['image'].shape),
          'label': 0, 'mask': False})
@@ -263,18 +301,24 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _seed(*keys: int) -> int:
+  """A 32-bit seed mixed from ``keys`` (uncorrelated for nearby keys)."""
+  return int(np.random.SeedSequence(keys).generate_state(1)[0])
+
+
 def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
-                       crop_size: int, resize: int = RESIZE,
+                       first: int = 0, crop_size: int, resize: int = RESIZE,
                        crop: str = 'paper', pca_stddev: float = PCA_STDDEV
                        ) -> tf.data.Dataset:
-  """``preprocess_train`` over ``{'image': encoded, 'label': int}`` examples.
+  """``preprocess_train`` over ``{'image': encoded, 'label': int}`` examples,
+  from example ``first`` on.
 
   Example ``i`` of the stream draws from seed ``(stream_seed, i)``. An image
   that does not decode is skipped with a logged warning; the others keep
   their seeds, as those come from positions taken before decoding.
   """
   stream = tf.constant(stream_seed, tf.int64)
-  ds = ds.enumerate().map(
+  ds = ds.enumerate().skip(first).map(
       lambda i, ex: {
           'image': preprocess_train(
               ex['image'], tf.stack([stream, i]), crop_size=crop_size,
@@ -284,10 +328,9 @@ def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
   return ds.ignore_errors(log_warning=True)
 
 
-def _eval_padding(builder, split, local_batch, process_index, process_count):
+def _eval_padding(builder, split, local_batch, process_count, process_index):
   """Blank examples this process appends so that all yield whole batches,
   as many as the process with the most examples."""
-  counts = [builder.info.splits[_process_split(split, i, process_count)]
-            .num_examples for i in range(process_count)]
+  counts = _part_sizes(builder, split, process_count)
   batches = -(-max(counts) // local_batch)
   return batches * local_batch - counts[process_index]

@@ -55,7 +55,6 @@ CONV_KERNELS = ((11, 4), (5, 1), (3, 1), (3, 1), (3, 1))
 # Paper section 5: weights N(0, 0.01); biases 1 where a ReLU should start
 # with positive input (conv2, conv4, conv5, fc6, fc7), 0 elsewhere.
 INIT_STDDEV = 0.01
-_WEIGHT_INIT = nn.initializers.normal(stddev=INIT_STDDEV)
 BIAS_ONE_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -149,12 +148,14 @@ class TowerConv(nn.Module):
   padding: Any = 'SAME'
   bias_init_value: float = 0.0
   dtype: Any = jnp.float32
+  init_stddev: float = INIT_STDDEV
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
     k = self.kernel_size
     shape = (len(xs), k, k, xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', _WEIGHT_INIT, shape)
+    kernel = self.param('kernel', nn.initializers.normal(self.init_stddev),
+                        shape)
     kernel = kernel.astype(self.dtype)
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
                       (len(xs), self.features)).astype(self.dtype)
@@ -171,11 +172,13 @@ class TowerDense(nn.Module):
   features: int
   bias_init_value: float = 0.0
   dtype: Any = jnp.float32
+  init_stddev: float = INIT_STDDEV
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
     shape = (len(xs), xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', _WEIGHT_INIT, shape)
+    kernel = self.param('kernel', nn.initializers.normal(self.init_stddev),
+                        shape)
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
                       (len(xs), self.features))
     y = jnp.einsum('tbi,tio->tbo', jnp.stack(xs), kernel.astype(self.dtype))
@@ -191,11 +194,13 @@ class BlockSumDense(nn.Module):
   features: int
   axis_name: str | None = None
   dtype: Any = jnp.float32
+  init_stddev: float = INIT_STDDEV
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
     shape = (len(xs), xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', _WEIGHT_INIT, shape)
+    kernel = self.param('kernel', nn.initializers.normal(self.init_stddev),
+                        shape)
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
     partial = x @ kernel.reshape(-1, self.features).astype(self.dtype)
@@ -217,6 +222,10 @@ class AlexNet(nn.Module):
     image_size: the square input size this net expects (224 or 227 give the
       paper's shapes; smaller sizes give small CPU variants).
     dropout_rate: on fc6's and fc7's outputs when ``train=True``.
+    init_stddev: std of every weight's normal init (paper: 0.01; small
+      variants learn much faster with more, see configs/default.py).
+    relu_bias_init: the initial bias of conv2, conv4, conv5, fc6 and fc7
+      (paper: 1; Caffe's BVLC model: 0.1, reporting a flat loss with 1).
     dtype: compute dtype (bfloat16 computes in bfloat16 with float32
       parameters; LRN accumulates in float32; logits are float32).
     model_axis: name of the mesh axis the towers are split over inside
@@ -235,6 +244,8 @@ class AlexNet(nn.Module):
   width: float = 1.0
   image_size: int = 224
   dropout_rate: float = 0.5
+  init_stddev: float = INIT_STDDEV
+  relu_bias_init: float = 1.0
   dtype: Any = jnp.float32
   model_axis: str | None = None
 
@@ -280,7 +291,8 @@ class AlexNet(nn.Module):
       xs = self._dropout(xs, train, salt)
     # Crossing 4: fc8's input, as a sum of per-tower blocks.
     logits = BlockSumDense(self.num_classes, axis_name=self.model_axis,
-                           dtype=self.dtype, name='fc8')(xs)
+                           dtype=self.dtype, init_stddev=self.init_stddev,
+                           name='fc8')(xs)
     return logits.astype(jnp.float32)
 
   def _conv(self, name: str) -> TowerConv:
@@ -293,13 +305,17 @@ class AlexNet(nn.Module):
       padding = ((0, overhang), (0, overhang))
     return TowerConv(self.tower_features()[name], kernel, stride, padding,
                      name=name,
-                     bias_init_value=float(name in BIAS_ONE_LAYERS),
-                     dtype=self.dtype)
+                     bias_init_value=self._bias_init(name),
+                     dtype=self.dtype, init_stddev=self.init_stddev)
+
+  def _bias_init(self, name: str) -> float:
+    return self.relu_bias_init if name in BIAS_ONE_LAYERS else 0.0
 
   def _dense(self, name: str) -> TowerDense:
     return TowerDense(self.tower_features()[name],
-                      bias_init_value=float(name in BIAS_ONE_LAYERS),
-                      dtype=self.dtype, name=name)
+                      bias_init_value=self._bias_init(name),
+                      dtype=self.dtype, init_stddev=self.init_stddev,
+                      name=name)
 
   def _sow(self, name: str, xs: list[jax.Array]) -> list[jax.Array]:
     self.sow('intermediates', f'{name}_out', tuple(xs))
@@ -360,6 +376,9 @@ def _validate_fields(m: AlexNet) -> None:
   if not m.width > 0:
     raise ValueError(f'width must be > 0 (1.0 is the paper net); got '
                      f'{m.width!r}.')
+  if not m.init_stddev > 0:
+    raise ValueError(f'init_stddev must be > 0 (paper: 0.01); got '
+                     f'{m.init_stddev!r}.')
   if not 1 <= m.pool_window <= 11 or m.pool_stride < 1:
     raise ValueError(f'pool_window must be in [1, 11] and pool_stride >= 1 '
                      f'(paper: 3 and 2); got {m.pool_window}, {m.pool_stride}.')

@@ -18,6 +18,7 @@ batches enter as global arrays assembled from each process's own slice.
 
 from __future__ import annotations
 
+import collections
 import functools
 import socket
 import time
@@ -33,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from flax.training import train_state
 
 from alexnet_jax import models
-from alexnet_jax import train
+from alexnet_jax import steps
 
 DATA = 'data'
 MODEL = 'model'
@@ -178,11 +179,12 @@ def local_model(model: models.AlexNet, mesh: Mesh) -> models.AlexNet:
 
 
 def create_train_state(config: ml_collections.ConfigDict,
-                       model: models.AlexNet, mesh: Mesh, rng: jax.Array
-                       ) -> train_state.TrainState:
-  """Parameters and optimizer state created directly in their shards."""
+                       model: models.AlexNet, mesh: Mesh, rng: jax.Array,
+                       learning_rate=None) -> train_state.TrainState:
+  """Parameters and optimizer state created directly in their shards
+  (``learning_rate``: see ``steps.create_optimizer``)."""
   def create(rng):
-    state = train.create_train_state(config, model, rng)
+    state = steps.create_train_state(config, model, rng, learning_rate)
     return state.replace(apply_fn=local_model(model, mesh).apply)
 
   shapes = jax.eval_shape(create, rng)
@@ -213,16 +215,16 @@ def make_train_step(mesh: Mesh, state: train_state.TrainState):
   """
   specs = tower_specs(state, mesh)
   step = jax.shard_map(
-      functools.partial(train.train_step, data_axis=DATA), mesh=mesh,
+      functools.partial(steps.train_step, data_axis=DATA), mesh=mesh,
       in_specs=(specs, P(DATA), P(DATA), P()), out_specs=(specs, P()))
   return jax.jit(step, donate_argnums=0)
 
 
 def make_eval_step(mesh: Mesh, state: train_state.TrainState):
-  """``step(state, images, labels, mask) -> sums`` (``train.eval_step``),
+  """``step(state, images, labels, mask) -> sums`` (``steps.eval_step``),
   jitted; ``mask`` is the input pipeline's (False on padding)."""
   step = jax.shard_map(
-      functools.partial(train.eval_step, data_axis=DATA), mesh=mesh,
+      functools.partial(steps.eval_step, data_axis=DATA), mesh=mesh,
       in_specs=(tower_specs(state, mesh), P(DATA), P(DATA), P(DATA)),
       out_specs=P())
   return jax.jit(step)
@@ -250,3 +252,16 @@ def crossing_bytes_per_image(model: models.AlexNet) -> dict[str, int]:
   sizes['fc8_input_forward'] = model.num_classes * itemsize
   sizes.update({f'{k}_backward': v * itemsize for k, v in per_tower.items()})
   return sizes
+
+
+def prefetch_to_mesh(mesh: Mesh, batches, keys: tuple[str, ...], size: int = 2):
+  """Tuples of global arrays (``global_batch``) of ``keys`` of each batch (a
+  dict of this process's numpy rows), transferred ``size`` batches ahead of
+  use so that the copies overlap the running steps."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(global_batch(mesh, *(batch[k] for k in keys)))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

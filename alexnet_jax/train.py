@@ -1,120 +1,406 @@
-"""Training (paper section 5): model and optimizer from a config, train step.
+"""Training and evaluation (paper section 5): ``train_and_evaluate``.
 
-The update is the paper's
+It reads top to bottom in stages: checks (all before any long work, so a
+bad start fails fast and leaves an existing run untouched), input, model and
+state, checkpoint, steps, then the loop: train steps, evaluation at the end
+of every epoch (and at the last step) feeding the plateau rule, checkpoints
+on an interval, at the end and on SIGTERM, and the figures at the end.
 
-    v <- 0.9 v - 0.0005 * lr * w - lr * grad;   w <- w + v
-
-written as ``optax.chain(add_decayed_weights(wd), sgd(lr, momentum))``, which
-is exactly this while the learning rate is constant. As in cuda-convnet's
-layer files, weight decay applies to weights, not biases, unless
-``config.weight_decay_biases`` is set.
+The data position and the dropout key of step ``s`` are functions of ``s``
+(epoch ``s // steps_per_epoch``, batch ``s % steps_per_epoch`` of that
+epoch's shuffled order; dropout key ``fold_in(key, s)``), so the checkpoint
+of step ``s`` is all a run needs to continue exactly as if never stopped.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import datetime
+import json
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
 
+from absl import logging
+from clu import metric_writers
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
-from jax import lax
 import ml_collections
-import optax
+import numpy as np
 from flax.training import train_state
 
+from alexnet_jax import checkpoint
+from alexnet_jax import figures
+from alexnet_jax import input_pipeline
 from alexnet_jax import models
+from alexnet_jax import parallel
+from alexnet_jax import schedules
+from alexnet_jax import steps
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def create_model(model_config: ml_collections.ConfigDict,
-                 **overrides: Any) -> models.AlexNet:
-  """An ``AlexNet`` from ``config.model`` (dtype given by name)."""
-  fields = {**model_config, **overrides}
-  dtype = fields.pop('dtype', 'float32')
-  if dtype not in DTYPES:
-    raise ValueError(f'Unknown model dtype {dtype!r}; use one of '
-                     f'{sorted(DTYPES)}.')
-  return models.AlexNet(**fields, dtype=DTYPES[dtype])
+METRICS_FILE = 'metrics.jsonl'
+CONFIG_FILE = 'config.json'
 
 
-def create_optimizer(config: ml_collections.ConfigDict
-                     ) -> optax.GradientTransformation:
-  """Weight decay chained with SGD momentum (the paper's update rule)."""
-  def decay_mask(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: config.weight_decay_biases or path[-1].key != 'bias',
-        params)
-  return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-      optax.sgd(config.learning_rate, momentum=config.momentum),
-  )
+# --------------------------------------------------------------------------
+# Checks.
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Clear errors for settings that cannot work (the model's own fields are
+  checked by ``models.AlexNet``)."""
+  steps.create_model(config.model)
+  if config.input.dataset not in input_pipeline.DATASETS:
+    raise ValueError(f'Unknown dataset {config.input.dataset!r}; use one of '
+                     f'{input_pipeline.DATASETS}.')
+  if config.input.resize < config.model.image_size:
+    raise ValueError(
+        f'input.resize={config.input.resize} is smaller than the crop '
+        f'model.image_size={config.model.image_size}; the paper uses 256 for '
+        f'224 (resize about 8/7 of the crop).')
+  if config.batch_size < 1:
+    raise ValueError(f'batch_size={config.batch_size} must be positive.')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError(f'num_epochs={config.num_epochs} and num_train_steps='
+                     f'{config.num_train_steps}: set one of them above 0.')
+  for name in ('log_every_steps', 'checkpoint_every_steps',
+               'keep_checkpoints'):
+    if config[name] < 1:
+      raise ValueError(f'{name}={config[name]} must be at least 1.')
+  schedules.check_config(config)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: models.AlexNet,
-                       rng: jax.Array) -> train_state.TrainState:
-  """Parameters with the paper's init and a fresh optimizer state."""
-  size = model.image_size
-  params = jax.jit(model.init, static_argnames='train')(
-      rng, jnp.zeros((1, size, size, 3), model.dtype), train=False)['params']
-  return train_state.TrainState.create(
-      apply_fn=model.apply, params=params, tx=create_optimizer(config))
+def prepare_workdir(workdir: str) -> str:
+  """Creates ``workdir`` if needed and checks that it takes files."""
+  if not workdir:
+    raise ValueError('A workdir is required: --workdir=/path/to/run.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ValueError(f'workdir {workdir!r} cannot be created or written '
+                     f'({e}); pick a directory you can write to.') from e
+  return workdir
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy over the batch (integer labels)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+# --------------------------------------------------------------------------
+# Input.
+
+def load_dataset(config: ml_collections.ConfigDict):
+  """The prepared dataset builder. Process 0 prepares first while the
+  others wait; they then find it prepared (a shared disk) or prepare their
+  own copy. (Prepare ImageNet before a multi-host run: a wait of hours may
+  outlast the collectives' timeouts.)"""
+  def prepare():
+    return input_pipeline.dataset_builder(config.input.dataset,
+                                          config.input.data_dir or None)
+  if jax.process_count() == 1:
+    return prepare()
+  if jax.process_index() == 0:
+    prepare()
+  multihost_utils.sync_global_devices('dataset prepared')
+  return prepare()
 
 
-def train_step(state: train_state.TrainState, images: jax.Array,
-               labels: jax.Array, rng: jax.Array, *,
-               data_axis: str | None = None
-               ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
-  """One SGD step on a batch; ``rng`` drives dropout.
-
-  Inside ``shard_map`` with the batch split over ``data_axis``, the loss and
-  metrics are means over the whole global batch and each data shard draws
-  its own dropout masks.
-  """
-  if data_axis is not None:
-    rng = jax.random.fold_in(rng, lax.axis_index(data_axis))
-
-  def global_mean(x):
-    return x if data_axis is None else lax.pmean(x, data_axis)
-
-  def loss_fn(params):
-    logits = state.apply_fn({'params': params}, images, train=True,
-                            rngs={'dropout': rng})
-    # The gradient of the global mean w.r.t. parameters that every data shard
-    # holds whole is summed over the shards by JAX: the data-parallel
-    # all-reduce.
-    return global_mean(cross_entropy_loss(logits, labels)), logits
-
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  state = state.apply_gradients(grads=grads)
-  accuracy = global_mean(jnp.mean(jnp.argmax(logits, -1) == labels))
-  return state, {'loss': loss, 'top1_error': 1.0 - accuracy}
+def train_batches(config: ml_collections.ConfigDict, builder, mesh,
+                  start_step: int, total_steps: int, steps_per_epoch: int):
+  """``(step, images, labels)`` from ``start_step`` to ``total_steps``, as
+  global arrays on the mesh; each epoch is its own reshuffled pass."""
+  step = start_step
+  while step < total_steps:
+    epoch, skip = divmod(step, steps_per_epoch)
+    count = min(steps_per_epoch - skip, total_steps - step)
+    ds = input_pipeline.create_split(
+        builder, config.input.train_split, global_batch_size=config.batch_size,
+        train=True, crop_size=config.model.image_size,
+        resize=config.input.resize, crop=config.input.crop,
+        pca_stddev=config.input.pca_stddev, seed=config.seed, epoch=epoch,
+        skip_batches=skip, shuffle_buffer=config.input.shuffle_buffer,
+        process_index=jax.process_index(),
+        process_count=jax.process_count()).take(count)
+    for images, labels in parallel.prefetch_to_mesh(
+        mesh, ds.as_numpy_iterator(), ('image', 'label')):
+      yield step, images, labels
+      step += 1
 
 
-def eval_step(state: train_state.TrainState, images: jax.Array,
-              labels: jax.Array, mask: jax.Array | None = None, *,
-              data_axis: str | None = None) -> dict[str, jax.Array]:
-  """Sums over a batch, to be added up over an evaluation set: ``loss``,
-  ``top1_errors``, ``top5_errors`` and ``count``. Dropout is off.
+# --------------------------------------------------------------------------
+# Evaluation.
 
-  ``mask`` (the input pipeline's, False on padding) leaves rows out of every
-  sum. Inside ``shard_map`` the sums cover the whole global batch.
-  """
-  logits = state.apply_fn({'params': state.params}, images, train=False)
-  weight = (jnp.ones(labels.shape, jnp.float32) if mask is None
-            else mask.astype(jnp.float32))
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  k = min(5, logits.shape[-1])
-  top5 = jnp.any(lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
-  sums = {
-      'loss': jnp.sum(weight * losses),
-      'top1_errors': jnp.sum(weight * (jnp.argmax(logits, -1) != labels)),
-      'top5_errors': jnp.sum(weight * ~top5),
-      'count': jnp.sum(weight),
-  }
-  return sums if data_axis is None else lax.psum(sums, data_axis)
+def evaluate(eval_step, state: train_state.TrainState, mesh, builder,
+             config: ml_collections.ConfigDict, *, ten_crop: bool = False
+             ) -> dict[str, float]:
+  """Mean ``loss``, ``top1_error``, ``top5_error`` over the eval split
+  (centre crops, or the paper's ten crops)."""
+  ds = input_pipeline.create_split(
+      builder, config.input.eval_split, global_batch_size=config.batch_size,
+      train=False, crop_size=config.model.image_size,
+      resize=config.input.resize, ten_crop=ten_crop,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  totals = {}
+  for images, labels, mask in parallel.prefetch_to_mesh(
+      mesh, ds.as_numpy_iterator(), ('image', 'label', 'mask')):
+    sums = _host(eval_step(state, images, labels, mask))
+    totals = {k: totals.get(k, 0.0) + float(v) for k, v in sums.items()}
+  count = totals.pop('count')
+  return {'loss': totals['loss'] / count,
+          'top1_error': totals['top1_errors'] / count,
+          'top5_error': totals['top5_errors'] / count}
+
+
+def _host(tree):
+  """A replicated result as numpy (every process holds the whole value)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+# --------------------------------------------------------------------------
+# Stopping: SIGTERM, and losses that are not finite.
+
+class _StopRequest:
+  """Set by SIGTERM; every process stops at the same step."""
+
+  def __init__(self):
+    self.requested = False
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.any(flags))
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+  stop = _StopRequest()
+  if threading.current_thread() is not threading.main_thread():
+    yield stop  # signals reach only the main thread
+    return
+
+  def handler(signum, frame):
+    del frame
+    logging.warning('Signal %d: saving a checkpoint and stopping.', signum)
+    stop.requested = True
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield stop
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+@jax.jit
+def _all_finite(params) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                            for p in jax.tree.leaves(params)]))
+
+
+def _check_finite(values: dict[str, float], step: int, manager) -> None:
+  bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f'Not finite at step {step}: {bad}. Stopped without saving; the last '
+        f'good checkpoint (step {manager.latest_step()}) in '
+        f'{manager.directory} is kept. Try a lower learning_rate.')
+
+
+def _save(manager, state, config, **extra) -> None:
+  """A checkpoint, unless a parameter is not finite (a NaN there would
+  only show in the next step's loss)."""
+  finite = bool(_host(_all_finite(state.params)))
+  _check_finite({'parameters': 0.0 if finite else math.nan},
+                int(state.step), manager)
+  checkpoint.save(manager, state, config, extra)
+
+
+# --------------------------------------------------------------------------
+# Metrics.
+
+def _read_history(workdir: str, up_to_step: int) -> list[dict]:
+  """The records of ``metrics.jsonl`` up to the restored step (later ones
+  came from training that the checkpoint does not hold; they are redone)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if r['step'] <= up_to_step]
+
+
+def _write_history(workdir: str, history: list[dict]) -> None:
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, METRICS_FILE)
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in history)
+  os.replace(path + '.tmp', path)
+
+
+def _save_figures(workdir: str, state, history: list[dict]) -> None:
+  kernel = state.params['conv1']['kernel']
+  if not kernel.is_fully_addressable:
+    kernel = multihost_utils.process_allgather(kernel, tiled=True)
+  if jax.process_index() != 0:
+    return
+  figures.save_kernels(np.asarray(kernel),
+                       os.path.join(workdir, 'conv1_kernels.png'))
+  if history:
+    figures.save_learning_curves(
+        history, os.path.join(workdir, 'learning_curves.png'))
+
+
+class _Progress:
+  """Logs step, loss, learning rate, images/sec and ETA."""
+
+  def __init__(self, total_steps: int, batch_size: int, steps_per_epoch):
+    self.total, self.batch, self.per_epoch = total_steps, batch_size, \
+        steps_per_epoch
+    self.restart(0)
+
+  def restart(self, step: int) -> None:
+    self.step, self.time = step, time.monotonic()
+
+  def log(self, step: int, loss: float, top1_error: float, lr: float
+          ) -> None:
+    rate = (step - self.step) * self.batch / (time.monotonic() - self.time)
+    eta = datetime.timedelta(
+        seconds=round((self.total - step) * self.batch / max(rate, 1e-9)))
+    logging.info('step %d/%d (epoch %.2f): loss %.4f, top-1 error %.3f, '
+                 'lr %.3g, %.1f img/s, ETA %s', step, self.total,
+                 step / self.per_epoch, loss, top1_error, lr, rate, eta)
+    self.restart(step)
+
+
+# --------------------------------------------------------------------------
+# The run.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> train_state.TrainState:
+  """Trains ``config`` in ``workdir`` (resuming the run there, if any) and
+  returns the final state. Writes checkpoints, ``metrics.jsonl``,
+  TensorBoard summaries, ``config.json`` and the figures into ``workdir``."""
+  # ---- Checks: the config, the workdir, the devices, an existing run.
+  check_config(config)
+  prepare_workdir(workdir)
+  mesh = parallel.make_mesh(config)
+  if config.model.towers == 2 and mesh.shape[parallel.MODEL] == 1:
+    logging.warning('Both towers run on every device (model axis 1): the '
+                    'paper\'s split needs an even number of devices.')
+  manager = checkpoint.create_manager(workdir, config)
+  try:
+    checkpoint.check_compatible(manager, config)
+    return _run(config, workdir, mesh, manager)
+  finally:
+    manager.close()  # waits for a checkpoint still being written
+
+
+def _run(config, workdir, mesh, manager) -> train_state.TrainState:
+  # ---- Input (the synthetic dataset is generated on first use).
+  builder = load_dataset(config)
+  steps_per_epoch = input_pipeline.steps_per_epoch(
+      builder, config.input.train_split, config.batch_size,
+      jax.process_count())
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else config.num_epochs * steps_per_epoch)
+
+  # ---- Model and state: born sharded, then the latest checkpoint if any.
+  model = steps.create_model(config.model)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  lr_fn = schedules.create_learning_rate_fn(config, steps_per_epoch,
+                                            total_steps)
+  state = parallel.create_train_state(config, model, mesh, init_rng, lr_fn)
+  plateau = schedules.Plateau.from_config(config)
+  # Train-loss sum and count of the current epoch, for metrics.jsonl.
+  epoch_loss = [0.0, 0]
+  if manager.latest_step() is not None:
+    state, record = checkpoint.restore(manager, state)
+    plateau.restore(record['plateau'])
+    epoch_loss = record['epoch_loss']
+    logging.info('Resumed from step %d of %s.', int(state.step),
+                 manager.directory)
+  start_step = int(state.step)
+  history = _read_history(workdir, start_step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      f.write(config.to_json(indent=2))
+  logging.info('%s: %d parameters, mesh %s, steps %d to %d (%d per epoch) '
+               'of batch %d.', config.input.dataset,
+               models.num_params(state.params), dict(mesh.shape), start_step,
+               total_steps, steps_per_epoch, config.batch_size)
+
+  # ---- Steps and writers.
+  train_step = parallel.make_train_step(mesh, state)
+  eval_step = parallel.make_eval_step(mesh, state)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  progress = _Progress(total_steps, config.batch_size, steps_per_epoch)
+  progress.restart(start_step)
+
+  # ---- Loop.
+  pending = []  # this step's and earlier metrics not yet fetched
+  with _stop_on_sigterm() as stop:
+    for step, images, labels in train_batches(
+        config, builder, mesh, start_step, total_steps, steps_per_epoch):
+      state, metrics = train_step(state, images, labels,
+                                  jax.random.fold_in(dropout_rng, step))
+      pending.append(metrics)
+      done = step + 1
+      end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+      stopping = stop.agreed()
+      saving = (done == total_steps or stopping
+                or done % config.checkpoint_every_steps == 0)
+      if done % config.log_every_steps == 0 or end_of_epoch or saving:
+        fetched = _host(pending)
+        loss = float(np.mean([m['loss'] for m in fetched]))
+        _check_finite({'train loss': loss}, done, manager)
+        epoch_loss = [epoch_loss[0] + loss * len(fetched),
+                      epoch_loss[1] + len(fetched)]
+        lr = float(_host(steps.learning_rate(state)))
+        progress.log(done, loss,
+                     float(np.mean([m['top1_error'] for m in fetched])), lr)
+        writer.write_scalars(done, {'train_loss': loss, 'learning_rate': lr})
+        pending = []
+      if end_of_epoch:
+        record = {'step': done, 'epoch': done / steps_per_epoch,
+                  'learning_rate': lr,
+                  'train_loss': epoch_loss[0] / epoch_loss[1],
+                  **evaluate(eval_step, state, mesh, builder, config)}
+        _check_finite(record, done, manager)
+        epoch_loss = [0.0, 0]
+        history.append(record)
+        _write_history(workdir, history)
+        writer.write_scalars(done, {f'eval_{k}': v for k, v in record.items()
+                                    if k not in ('step', 'epoch')})
+        logging.info('Evaluation at step %d: %s', done, record)
+        if config.schedule == 'plateau' and plateau.update(
+            record['top1_error']):
+          lr = config.learning_rate * plateau.scale
+          state = steps.set_learning_rate(state, lr)
+          logging.info('Validation error stopped improving: learning rate '
+                       'now %.3g (drop %d of at most %d).', lr, plateau.drops,
+                       plateau.max_drops)
+        progress.restart(done)
+      if saving:
+        _save(manager, state, config, plateau=plateau.state(),
+              epoch_loss=epoch_loss)
+      if stopping:
+        break
+  writer.flush()
+  if int(state.step) == total_steps:
+    _finish(config, workdir, state, mesh, builder, eval_step, history)
+  elif int(state.step) > total_steps:
+    logging.warning('The checkpoint (step %d) is past this config\'s %d '
+                    'steps: nothing to do.', int(state.step), total_steps)
+  return state
+
+
+def _finish(config, workdir, state, mesh, builder, eval_step, history):
+  """The paper's ten-crop test (section 4.1) and the figures."""
+  if config.input.ten_crop_eval and history:
+    ten = evaluate(eval_step, state, mesh, builder, config, ten_crop=True)
+    logging.info('Ten-crop evaluation at step %d: %s', int(state.step), ten)
+    history[-1].update({f'ten_crop_{k}': v for k, v in ten.items()})
+    _write_history(workdir, history)
+  _save_figures(workdir, state, history)

@@ -1,6 +1,6 @@
-"""The paper's ImageNet recipe (sections 3, 5).
+"""The paper's ImageNet recipe (sections 3, 5); the base of every config.
 
-    python -m alexnet_jax.benchmark --config=configs/imagenet.py
+    python -m alexnet_jax.main --config=configs/imagenet.py --workdir=DIR
 
 Any field can be overridden on the command line, e.g.
 ``--config.batch_size=32`` or ``--config.model.dtype=bfloat16``.
@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
       width=1.0,
       image_size=224,
       dropout_rate=0.5,
+      init_stddev=0.01,  # section 5: weights N(0, 0.01)
+      relu_bias_init=1.0,  # section 5: conv2, conv4, conv5, fc6, fc7
       dtype='float32',  # or 'bfloat16': bfloat16 compute, float32 params
   ))
 
@@ -38,8 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
       resize=256,        # shorter side, then the centre square
       crop='paper',      # or 'inception'
       pca_stddev=0.1,    # the PCA colour draw; 0 turns it off
-      ten_crop_eval=True,
+      ten_crop_eval=True,  # the final evaluation; each epoch's is centre
       shuffle_buffer=16_384,
+      train_split='train',
+      eval_split='validation',
+      data_dir='',  # tfds's data directory; '' is its default
   ))
 
   # Section 5: SGD, batch 128, momentum 0.9, weight decay 0.0005, lr 0.01.
@@ -49,8 +54,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.weight_decay_biases = False
   config.num_epochs = 90
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+
+  # Learning rate (alexnet_jax/schedules.py). The paper's: divided by 10
+  # when the validation error stops improving, three times at most. The
+  # paper gives no patience; 3 epochs without a 0.1% gain is ours.
+  config.schedule = 'plateau'  # or 'step' (at step_epochs), 'cosine'
+  config.plateau = ml_collections.ConfigDict(dict(
+      patience=3, tolerance=0.001, factor=0.1, max_drops=3))
+  config.step_epochs = (30, 60, 80)
+  config.warmup_epochs = 5.0  # cosine only
+
   # Devices: 'model' axis 2 puts one tower per device (the paper's split), 1
   # keeps both towers on every device, 0 picks 2 when the devices allow.
   config.model_axis_size = 0
-  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.num_cpu_devices = 0  # > 0: split the CPU into this many devices
+
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
   return config

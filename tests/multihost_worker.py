@@ -15,20 +15,20 @@ import numpy as np
 from alexnet_jax import parallel
 
 
-def main(out_path, steps, coordinator=None, num_processes=None,
+def main(out_path, num_steps, coordinator=None, num_processes=None,
          process_id=None):
   parallel.initialize_distributed(
       coordinator, None if num_processes is None else int(num_processes),
       None if process_id is None else int(process_id), timeout_s=30)
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
   from configs import imagenet  # pylint: disable=g-import-not-at-top
 
   config = imagenet.get_config()
   config.batch_size = 4
   config.model_axis_size = 2
   config.model.update(width=0.125, image_size=67, num_classes=10)
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   mesh = parallel.make_mesh(config)
   assert mesh.size == 4, mesh
   rng = jax.random.key(0)
@@ -37,7 +37,7 @@ def main(out_path, steps, coordinator=None, num_processes=None,
   rows = parallel.process_rows(mesh, config.batch_size)
   data = np.random.default_rng(0)
   losses = []
-  for i in range(int(steps)):
+  for i in range(int(num_steps)):
     images = data.standard_normal((4, 67, 67, 3)).astype(np.float32)
     labels = data.integers(0, 10, 4).astype(np.int32)
     x, y = parallel.global_batch(mesh, images[rows], labels[rows])

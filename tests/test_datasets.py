@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import parallel
 from alexnet_jax import synthetic_shapes
-from alexnet_jax import train
+from alexnet_jax import steps
 from configs import imagenet
 
 
@@ -98,6 +98,24 @@ def test_train_stream_is_deterministic_per_seed_and_process(shapes):
                                 global_batch_size=16)
   assert other_process[0]['image'].shape == (8, 64, 64, 3)
   assert not np.array_equal(a[0]['image'], other_process[0]['image'])
+
+
+def test_epochs_are_reshuffled_and_a_resumed_epoch_skips_exactly(shapes):
+  # 200 train images, batches of 8: 25 steps an epoch.
+  assert ip.steps_per_epoch(shapes, 'train', 8) == 25
+  assert ip.steps_per_epoch(shapes, 'train', 16, process_count=2) == 12
+  epoch0 = first_batches(shapes, 25)
+  labels = np.concatenate([b['label'] for b in epoch0])
+  epoch1 = first_batches(shapes, 25, epoch=1)
+  # One epoch is one pass: every class 20 times, and a new order next time.
+  np.testing.assert_array_equal(np.bincount(labels), [20] * 10)
+  assert not np.array_equal(
+      labels, np.concatenate([b['label'] for b in epoch1]))
+  resumed = first_batches(shapes, 2, skip_batches=23)
+  for want, got in zip(epoch0[23:], resumed):
+    np.testing.assert_array_equal(want['image'], got['image'])
+  with pytest.raises(ValueError, match='fewer than one batch.*batch_size=256'):
+    ip.steps_per_epoch(shapes, 'train', 256)
 
 
 @pytest.mark.parametrize('name,size,resize', [('imagenet2012', 224, 256),
@@ -192,7 +210,7 @@ def test_imagenet_manual_archive_end_to_end(tmp_path):
   config.model.update(width=0.0625, image_size=64)
   batch = first_batches(builder, 1, global_batch_size=4, crop_size=64,
                         resize=73)[0]
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   mesh = parallel.make_mesh(config)
   state = parallel.create_train_state(config, model, mesh, jax.random.key(0))
   images, labels = parallel.global_batch(mesh, batch['image'], batch['label'])

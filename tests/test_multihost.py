@@ -72,3 +72,27 @@ def test_unreachable_coordinator_fails_fast_and_clearly(tmp_path):
 def test_bad_flags_are_refused_before_starting(kwargs, match):
   with pytest.raises(ValueError, match=match):
     parallel.initialize_distributed(**kwargs)
+
+
+def test_the_main_command_runs_on_two_processes(tmp_path):
+  """The default config (two CPU devices a process, so a 2x2 mesh with the
+  towers split) for 3 steps, each process feeding its half of every batch;
+  the tiny generated dataset, prepared by process 0 while process 1 waits."""
+  port, workdir = free_port(), tmp_path / 'run'
+  flags = ['--config=configs/default.py', f'--workdir={workdir}',
+           '--config.num_train_steps=3', '--config.batch_size=16',
+           '--config.input.dataset=synthetic_shapes/tiny',
+           f'--config.input.data_dir={tmp_path / "data"}',
+           f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.main', *flags, f'--process_id={i}'],
+      env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [finish(proc) for proc in procs]
+  assert "mesh {'data': 2, 'model': 2}" in outs[0]
+  (record,) = [json.loads(line) for line in
+               (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert record['step'] == 3
+  assert (workdir / 'checkpoints' / '3').is_dir()
+  assert (workdir / 'conv1_kernels.png').exists()

@@ -1,109 +1,227 @@
-"""The optimizer against the paper's update rule, and the train step."""
+"""train_and_evaluate end to end: a run, its files, stop and resume, NaN,
+bad starts. The small net on the generated tiny dataset (200 train / 100
+validation images), on a 2x2 mesh of CPU devices (towers split)."""
+
+import json
+import os
+import signal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from flax.training import train_state
+import tensorflow_datasets as tfds
+from ml_collections import config_flags
+from absl import flags
 
+from alexnet_jax import checkpoint
+from alexnet_jax import evaluate
+from alexnet_jax import input_pipeline
+from alexnet_jax import predict
 from alexnet_jax import train
-from configs import imagenet
+from alexnet_jax.synthetic_shapes import SHAPES
+from configs import default
 
 
-def small_config(**model):
-  config = imagenet.get_config()
-  config.model.update(width=0.125, image_size=67, num_classes=10, **model)
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  input_pipeline.dataset_builder('synthetic_shapes/tiny', path)
+  return path
+
+
+def tiny_config(data_dir, **overrides):
+  config = default.get_config()
+  config.model.update(width=0.125, init_stddev=0.02)
+  config.input.update(dataset='synthetic_shapes/tiny', data_dir=data_dir)
+  config.batch_size = 16  # 12 steps an epoch
+  config.num_epochs = 3
+  config.log_every_steps = 5
+  config.checkpoint_every_steps = 5
+  config.update(overrides)
   return config
 
 
-def test_optimizer_is_the_papers_update_rule():
-  config = imagenet.get_config()
-  lr, wd, mu = config.learning_rate, config.weight_decay, config.momentum
-  rng = np.random.default_rng(0)
-  params = {'fc6': {'kernel': jnp.asarray(rng.standard_normal((3, 2))),
-                    'bias': jnp.asarray(rng.standard_normal(2))}}
-  tx = train.create_optimizer(config)
-  opt_state = tx.init(params)
-  # Section 5: v <- 0.9 v - 0.0005 lr w - lr grad; w <- w + v.
-  # cuda-convnet decays weights only, so biases get no decay term.
-  w = {k: np.asarray(v) for k, v in params['fc6'].items()}
-  v = {k: np.zeros_like(x) for k, x in w.items()}
-  for _ in range(3):
-    grads = {'fc6': {k: jnp.asarray(rng.standard_normal(x.shape))
-                     for k, x in w.items()}}
-    for k in w:
-      decay = wd if k == 'kernel' else 0.0
-      v[k] = mu * v[k] - decay * lr * w[k] - lr * np.asarray(grads['fc6'][k])
-      w[k] = w[k] + v[k]
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p + u, params, updates)
-  for k in w:
-    np.testing.assert_allclose(params['fc6'][k], w[k], rtol=1e-6)
+def history(workdir):
+  with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
 
 
-def test_weight_decay_on_biases_when_asked():
-  config = imagenet.get_config()
-  config.weight_decay_biases = True
-  tx = train.create_optimizer(config)
-  params = {'fc6': {'bias': jnp.ones(2)}}
-  updates, _ = tx.update({'fc6': {'bias': jnp.zeros(2)}}, tx.init(params),
-                         params)
-  np.testing.assert_allclose(updates['fc6']['bias'],
-                             -config.learning_rate * config.weight_decay)
+def modification_times(directory):
+  paths = [os.path.join(root, f) for root, _, files in os.walk(directory)
+           for f in files]
+  return {p: os.path.getmtime(p) for p in paths}
 
 
-def test_train_step_lowers_the_loss_of_a_fixed_batch():
-  config = small_config(dropout_rate=0.0)
-  model = train.create_model(config.model)
-  state = train.create_train_state(config, model, jax.random.key(0))
-  images = jax.random.normal(jax.random.key(1), (4, 67, 67, 3))
-  labels = jnp.array([0, 1, 2, 3])
-  step = jax.jit(train.train_step)
-  losses = []
-  for i in range(10):
-    state, metrics = step(state, images, labels, jax.random.key(i))
-    losses.append(float(metrics['loss']))
-  assert set(metrics) == {'loss', 'top1_error'}
-  assert losses[0] == pytest.approx(np.log(10), rel=0.05)  # paper init: ~uniform
-  # At the paper's learning rate the net first learns that only 4 of the 10
-  # classes occur (ln 4 = 1.39); N(0, 0.01) init makes the rest slow.
-  assert losses[-1] < 1.6
-  assert int(state.step) == 10
+def leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
-def test_eval_step_sums_by_hand():
-  # A stand-in apply_fn with fixed logits: 3 examples, 6 classes.
-  logits = jnp.array([[0., 1, 2, 3, 4, 5],        # label 5: top-1 right
-                      [5., 4, 3, 2, 1, 0],        # label 4: 5th best
-                      [.5, .4, .3, .1, 9, 1]])    # label 3: 6th best
-  labels = jnp.array([5, 4, 3])
-  state = train_state.TrainState.create(
-      apply_fn=lambda *a, **k: logits, params={}, tx=optax.identity())
-  sums = train.eval_step(state, jnp.zeros((3, 1)), labels)
-  assert int(sums['top1_errors']) == 2
-  assert int(sums['top5_errors']) == 1
-  assert int(sums['count']) == 3
-  log_p = jax.nn.log_softmax(logits)
-  np.testing.assert_allclose(sums['loss'],
-                             -(log_p[0, 5] + log_p[1, 4] + log_p[2, 3]),
+@pytest.fixture(scope='module')
+def full_run(data_dir, tmp_path_factory):
+  """Three epochs without a stop. Tolerance 1 means no evaluation counts as
+  an improvement, so with patience 1 the rate drops after the 2nd and 3rd."""
+  workdir = str(tmp_path_factory.mktemp('full'))
+  config = tiny_config(data_dir, schedule='plateau', learning_rate=0.01)
+  config.plateau.update(patience=1, tolerance=1.0)
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_a_run_writes_metrics_checkpoints_and_figures(full_run):
+  config, workdir, state = full_run
+  assert int(state.step) == 36
+  records = history(workdir)
+  assert [r['step'] for r in records] == [12, 24, 36]
+  for r in records:
+    assert set(r) >= {'step', 'epoch', 'learning_rate', 'train_loss', 'loss',
+                      'top1_error', 'top5_error'}
+    assert 0 <= r['top5_error'] <= r['top1_error'] <= 1
+  # The rate each epoch trained with: dropped after evaluations 2 and 3.
+  np.testing.assert_allclose([r['learning_rate'] for r in records],
+                             [0.01, 0.01, 0.001], rtol=1e-6)
+  np.testing.assert_allclose(float(train.steps.learning_rate(state)), 1e-4,
                              rtol=1e-6)
-  # Padding rows (mask False) are left out of every sum.
-  masked = train.eval_step(state, jnp.zeros((3, 1)), labels,
-                           jnp.array([True, False, True]))
-  assert int(masked['count']) == 2
-  assert int(masked['top1_errors']) == 1
-  assert int(masked['top5_errors']) == 1
-  np.testing.assert_allclose(masked['loss'], -(log_p[0, 5] + log_p[2, 3]),
-                             rtol=1e-6)
+  assert 'ten_crop_top1_error' in records[-1]
+  # Checkpoints every 5 steps and at the end, the last 3 kept.
+  manager = checkpoint.create_manager(workdir, config)
+  assert manager.all_steps() == [30, 35, 36]
+  for name in ('conv1_kernels.png', 'learning_curves.png', 'config.json'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
 
 
-def test_create_model_reads_the_config():
-  model = train.create_model(small_config(dtype='bfloat16', towers=1).model)
-  assert model.dtype == jnp.bfloat16 and model.towers == 1
-  assert train.create_model(small_config().model, use_lrn=False).use_lrn is False
+def test_stop_and_resume_ends_where_an_uninterrupted_run_does(
+    full_run, data_dir, tmp_path, monkeypatch):
+  config, full_workdir, want = full_run
+  workdir = str(tmp_path)
+  batches = train.train_batches
+
+  def sigterm_at_step_27(*args):
+    for item in batches(*args):
+      if item[0] == 27:  # mid-epoch, after two evaluations and a rate drop
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield item
+
+  monkeypatch.setattr(train, 'train_batches', sigterm_at_step_27)
+  stopped = train.train_and_evaluate(config, workdir)
+  assert int(stopped.step) == 28  # the signal's step finished, then saved
+  monkeypatch.setattr(train, 'train_batches', batches)
+  got = train.train_and_evaluate(config, workdir)
+  for g, w in zip(leaves(got), leaves(want)):
+    np.testing.assert_array_equal(g, w)
+  for g, w in zip(history(workdir), history(full_workdir)):
+    assert g.keys() == w.keys()
+    np.testing.assert_allclose([g[k] for k in w], [w[k] for k in w],
+                               rtol=1e-6)
 
 
-def test_unknown_dtype_is_refused():
-  with pytest.raises(ValueError, match="'float16'.*bfloat16.*float32"):
-    train.create_model(small_config(dtype='float16').model)
+def test_a_nan_loss_stops_without_replacing_the_good_checkpoint(
+    data_dir, tmp_path, monkeypatch):
+  config = tiny_config(data_dir, num_train_steps=4, log_every_steps=1)
+  config.checkpoint_every_steps = 3
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)  # good: a checkpoint at step 4
+  batches = train.train_batches
+
+  def nan_images_from_step_6(*args):
+    for step, images, labels in batches(*args):
+      yield step, images * (np.nan if step >= 5 else 1.0), labels
+
+  monkeypatch.setattr(train, 'train_batches', nan_images_from_step_6)
+  config.num_train_steps = 8
+  with pytest.raises(FloatingPointError,
+                     match=r'step 6.*last good checkpoint \(step 4\)'):
+    train.train_and_evaluate(config, workdir)
+  manager = checkpoint.create_manager(workdir, config)
+  assert manager.latest_step() == 4
+
+
+def test_a_different_model_in_the_workdir_is_refused_untouched(
+    full_run, tmp_path):
+  config, workdir, _ = full_run
+  before = modification_times(workdir)
+  other = tiny_config(str(tmp_path / 'never_created'))
+  other.model.num_classes = 5
+  with pytest.raises(ValueError, match=r'model.num_classes: checkpoint 10, '
+                     r'config 5.*new --workdir'):
+    train.train_and_evaluate(other, workdir)
+  assert modification_times(workdir) == before
+  assert not (tmp_path / 'never_created').exists()  # no data work started
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(batch_size=15), r'batch_size=15 is not divisible by the data axis'),
+    (dict(input=dict(dataset='imagenet')), r"Unknown dataset 'imagenet'"),
+    (dict(model=dict(towers=3)), r'towers must be 2'),
+    (dict(num_epochs=0), r'num_epochs=0 and num_train_steps=-1'),
+    (dict(input=dict(resize=60)), r'input.resize=60 is smaller'),
+])
+def test_bad_configs_fail_before_any_work(tmp_path, change, match):
+  config = tiny_config(str(tmp_path / 'data'))
+  for key, value in change.items():
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'data').exists()
+
+
+def test_an_unwritable_workdir_is_named(tmp_path):
+  (tmp_path / 'file').write_text('not a directory')
+  with pytest.raises(ValueError, match=r"workdir '.*file/run' cannot be"):
+    train.train_and_evaluate(tiny_config(str(tmp_path)),
+                             str(tmp_path / 'file' / 'run'))
+
+
+def test_a_config_field_that_does_not_exist_is_named():
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=values)
+  with pytest.raises(flags.UnrecognizedFlagError, match='config.batchsize'):
+    values(['main', '--config=configs/default.py', '--config.batchsize=8'])
+
+
+def test_mock_cifar10_runs_end_to_end(tmp_path):
+  config = default.get_config()
+  config.model.update(width=0.125)
+  config.input.update(dataset='cifar10', eval_split='test',
+                      ten_crop_eval=False)
+  config.update(batch_size=8, num_train_steps=3, log_every_steps=1)
+  with tfds.testing.mock_data(num_examples=24):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 3
+  (record,) = history(str(tmp_path))
+  assert record['step'] == 3 and record['epoch'] == 1.0
+
+
+def test_evaluate_and_predict_use_the_latest_checkpoint(full_run, data_dir,
+                                                        tmp_path):
+  config, workdir, state = full_run
+  results = evaluate.evaluate_checkpoint(config, workdir)
+  last = history(workdir)[-1]
+  assert results['step'] == 36
+  for key in ('loss', 'top1_error', 'top5_error'):
+    assert results['centre'][key] == pytest.approx(last[key], rel=1e-5)
+    assert results['ten_crop'][key] == pytest.approx(last[f'ten_crop_{key}'],
+                                                     rel=1e-5)
+  builder = tfds.builder('synthetic_shapes/tiny', data_dir=data_dir)
+  examples = builder.as_dataset(
+      split='validation', decoders={'image': tfds.decode.SkipDecoding()})
+  paths = []
+  for i, ex in enumerate(examples.take(3).as_numpy_iterator()):
+    paths.append(str(tmp_path / f'{i}.jpg'))
+    with open(paths[-1], 'wb') as f:
+      f.write(ex['image'])
+  top = predict.predict(workdir, paths)
+  # The same numbers from the trained state, computed here directly.
+  model = train.steps.create_model(config.model)
+  logits = model.apply({'params': jax.device_get(state.params)},
+                       predict.load_images(paths, config), train=False)
+  probs = np.asarray(jax.nn.softmax(logits))
+  for p, t in zip(probs, top):
+    order = np.argsort(-p)[:5]
+    assert [name for name, _ in t] == [SHAPES[c] for c in order]
+    np.testing.assert_allclose([q for _, q in t], p[order], rtol=1e-5)
+  (tmp_path / 'notes.txt').write_text('not an image')
+  with pytest.raises(ValueError, match=r"Cannot read '.*notes.txt'"):
+    predict.predict(workdir, [str(tmp_path / 'notes.txt')])

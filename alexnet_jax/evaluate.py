@@ -1,0 +1,61 @@
+"""Evaluates a run's latest checkpoint: centre crop and the paper's ten-crop
+test (section 4.1).
+
+    python -m alexnet_jax.evaluate --config=configs/imagenet.py --workdir=DIR
+
+Prints one JSON line: the step and, for each protocol, loss, top-1 and
+top-5 error on ``config.input.eval_split``. Nothing in the workdir changes.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+from ml_collections import config_flags
+
+from alexnet_jax import checkpoint
+from alexnet_jax import parallel
+from alexnet_jax import steps
+from alexnet_jax import train
+
+FLAGS = flags.FLAGS
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
+                        ) -> dict:
+  """``{'step', 'centre': {...}, 'ten_crop': {...}}`` for the latest
+  checkpoint in ``workdir``."""
+  train.check_config(config)
+  mesh = parallel.make_mesh(config)
+  manager = checkpoint.create_manager(workdir, config, read_only=True)
+  checkpoint.check_compatible(manager, config)
+  model = steps.create_model(config.model)
+  state = parallel.create_train_state(config, model, mesh,
+                                      jax.random.key(0))
+  state, _ = checkpoint.restore(manager, state)
+  builder = train.load_dataset(config)
+  eval_step = parallel.make_eval_step(mesh, state)
+  return {'step': int(state.step), **{
+      name: train.evaluate(eval_step, state, mesh, builder, config,
+                           ten_crop=ten_crop)
+      for name, ten_crop in (('centre', False), ('ten_crop', True))}}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  if FLAGS.config.num_cpu_devices > 0:
+    jax.config.update('jax_num_cpu_devices', FLAGS.config.num_cpu_devices)
+  print(json.dumps(evaluate_checkpoint(FLAGS.config, FLAGS.workdir)))
+
+
+if __name__ == '__main__':
+  # Defined here, not on import, so that the module can be imported next to
+  # other commands (tests, notebooks).
+  config_flags.DEFINE_config_file('config', None, 'The run\'s config file.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The run\'s workdir.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

@@ -1,0 +1,70 @@
+"""Figures a run writes into its workdir (PNG, matplotlib's Agg backend).
+
+* ``conv1_kernels.png``: the paper's Figure 3, the learned conv1 kernels,
+  one block of rows per tower (the paper's GPU 1 above GPU 2), each kernel
+  scaled to the full colour range on its own.
+* ``learning_curves.png``: train loss, validation top-1 error and learning
+  rate against the epoch, from ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+KERNELS_PER_ROW = 16
+
+
+def kernel_grid(kernel: np.ndarray, per_row: int = KERNELS_PER_ROW
+                ) -> np.ndarray:
+  """An RGB image ``[rows * (k + 1), per_row * (k + 1), 3]`` in [0, 1] of a
+  conv1 kernel ``[towers, k, k, 3, n]``: tower ``t``'s kernels fill rows
+  ``t * ceil(n / per_row)`` onward, a one-pixel white border around each."""
+  towers, k, _, channels, n = kernel.shape
+  if channels != 3:
+    raise ValueError(f'conv1 kernels have 3 input channels, got shape '
+                     f'{kernel.shape}.')
+  rows_per_tower = math.ceil(n / per_row)
+  cell = k + 1
+  grid = np.ones((towers * rows_per_tower * cell, per_row * cell, 3))
+  for t in range(towers):
+    for i in range(n):
+      w = kernel[t, :, :, :, i]
+      w = (w - w.min()) / max(w.max() - w.min(), 1e-12)
+      row, col = t * rows_per_tower + i // per_row, i % per_row
+      grid[row * cell:row * cell + k, col * cell:col * cell + k] = w
+  return grid
+
+
+def save_kernels(kernel: np.ndarray, path: str) -> None:
+  grid = kernel_grid(np.asarray(kernel, np.float32))
+  fig, ax = plt.subplots(figsize=(grid.shape[1] / 20, grid.shape[0] / 20),
+                         dpi=100)
+  ax.imshow(grid, interpolation='nearest')
+  ax.set_axis_off()
+  ax.set_title('conv1 kernels, one block per tower')
+  fig.savefig(path, bbox_inches='tight')
+  plt.close(fig)
+
+
+def save_learning_curves(history: list[dict], path: str) -> None:
+  """``history``: ``metrics.jsonl``'s records (epoch, train_loss,
+  top1_error, learning_rate)."""
+  epochs = [h['epoch'] for h in history]
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+  panels = (('train_loss', 'train loss', 'linear'),
+            ('top1_error', 'validation top-1 error', 'linear'),
+            ('learning_rate', 'learning rate', 'log'))
+  for ax, (key, label, scale) in zip(axes, panels):
+    ax.plot(epochs, [h[key] for h in history], marker='.')
+    ax.set_xlabel('epoch')
+    ax.set_title(label)
+    ax.set_yscale(scale)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

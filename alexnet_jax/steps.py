@@ -1,0 +1,165 @@
+"""The pieces of one training step (paper section 5) on one device: model
+and optimizer from a config, the train step and the eval step.
+
+The update is the paper's
+
+    v <- 0.9 v - 0.0005 * lr * w - lr * grad;   w <- w + v
+
+written as ``add_decayed_weights(wd)``, then a scale by ``-lr``, then
+``trace(0.9)``: the momentum ``v`` holds learning-rate-scaled steps, as in
+the paper, so after the learning rate drops the steps already in ``v`` decay
+away over a few dozen steps (``optax.sgd`` instead keeps unscaled gradients,
+so a drop acts at once; both are the same while the rate is constant). As
+in cuda-convnet's layer files, weight decay applies to weights, not biases,
+unless ``config.weight_decay_biases`` is set. The rate is an injected
+hyperparameter of the optimizer state (``learning_rate``/``set_learning_rate``)
+so that the host can apply the plateau rule between steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import ml_collections
+import optax
+from flax.training import train_state
+
+from alexnet_jax import models
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def create_model(model_config: ml_collections.ConfigDict,
+                 **overrides: Any) -> models.AlexNet:
+  """An ``AlexNet`` from ``config.model`` (dtype given by name)."""
+  fields = {**model_config, **overrides}
+  dtype = fields.pop('dtype', 'float32')
+  if dtype not in DTYPES:
+    raise ValueError(f'Unknown model dtype {dtype!r}; use one of '
+                     f'{sorted(DTYPES)}.')
+  return models.AlexNet(**fields, dtype=DTYPES[dtype])
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate: float | optax.Schedule | None = None
+                     ) -> optax.GradientTransformation:
+  """The paper's update rule; ``learning_rate`` defaults to the config's."""
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: config.weight_decay_biases or path[-1].key != 'bias',
+        params)
+  if learning_rate is None:
+    learning_rate = config.learning_rate
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.inject_hyperparams(optax.scale_by_learning_rate)(
+          learning_rate=learning_rate),
+      optax.trace(decay=config.momentum),
+  )
+
+
+_LR_STATE = 1  # create_optimizer's chain: decay, learning rate, momentum
+
+
+def learning_rate(state: train_state.TrainState) -> jax.Array:
+  """The rate the last update used (the next one, for a constant rate)."""
+  return state.opt_state[_LR_STATE].hyperparams['learning_rate']
+
+
+def set_learning_rate(state: train_state.TrainState, value: float
+                      ) -> train_state.TrainState:
+  """``state`` with a new constant rate (keeps the old value's sharding)."""
+  old = learning_rate(state)
+  new = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
+  lr_state = state.opt_state[_LR_STATE]
+  lr_state = lr_state._replace(
+      hyperparams={**lr_state.hyperparams, 'learning_rate': new})
+  opt_state = list(state.opt_state)
+  opt_state[_LR_STATE] = lr_state
+  return state.replace(opt_state=tuple(opt_state))
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.AlexNet,
+                       rng: jax.Array,
+                       learning_rate: float | optax.Schedule | None = None
+                       ) -> train_state.TrainState:
+  """Parameters with the paper's init and a fresh optimizer state."""
+  size = model.image_size
+  params = jax.jit(model.init, static_argnames='train')(
+      rng, jnp.zeros((1, size, size, 3), model.dtype), train=False)['params']
+  return train_state.TrainState.create(
+      apply_fn=model.apply, params=params,
+      tx=create_optimizer(config, learning_rate))
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy over the batch (integer labels)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(state: train_state.TrainState, images: jax.Array,
+               labels: jax.Array, rng: jax.Array, *,
+               data_axis: str | None = None
+               ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+  """One SGD step on a batch; ``rng`` drives dropout.
+
+  Inside ``shard_map`` with the batch split over ``data_axis``, the loss and
+  metrics are means over the whole global batch and each data shard draws
+  its own dropout masks.
+  """
+  if data_axis is not None:
+    rng = jax.random.fold_in(rng, lax.axis_index(data_axis))
+
+  def global_mean(x):
+    return x if data_axis is None else lax.pmean(x, data_axis)
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, images, train=True,
+                            rngs={'dropout': rng})
+    # The gradient of the global mean w.r.t. parameters that every data shard
+    # holds whole is summed over the shards by JAX: the data-parallel
+    # all-reduce.
+    return global_mean(cross_entropy_loss(logits, labels)), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  state = state.apply_gradients(grads=grads)
+  accuracy = global_mean(jnp.mean(jnp.argmax(logits, -1) == labels))
+  return state, {'loss': loss, 'top1_error': 1.0 - accuracy}
+
+
+def eval_step(state: train_state.TrainState, images: jax.Array,
+              labels: jax.Array, mask: jax.Array | None = None, *,
+              data_axis: str | None = None) -> dict[str, jax.Array]:
+  """Sums over a batch, to be added up over an evaluation set: ``loss``,
+  ``top1_errors``, ``top5_errors`` and ``count``. Dropout is off.
+
+  ``images`` is ``[b, h, w, 3]``, or ``[b, crops, h, w, 3]`` for the paper's
+  ten-crop test (section 4.1): then the prediction is the average of the
+  crops' softmax outputs. ``mask`` (the input pipeline's, False on padding)
+  leaves rows out of every sum. Inside ``shard_map`` the sums cover the
+  whole global batch.
+  """
+  crops = images.shape[1] if images.ndim == 5 else 1
+  logits = state.apply_fn({'params': state.params},
+                          images.reshape((-1,) + images.shape[-3:]),
+                          train=False)
+  logits = logits.reshape(labels.shape[0], crops, -1)
+  # log of the mean softmax over crops (just log_softmax for one crop).
+  log_probs = (jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=1)
+               - jnp.log(crops))
+  weight = (jnp.ones(labels.shape, jnp.float32) if mask is None
+            else mask.astype(jnp.float32))
+  losses = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  k = min(5, log_probs.shape[-1])
+  top5 = jnp.any(lax.top_k(log_probs, k)[1] == labels[:, None], axis=-1)
+  sums = {
+      'loss': jnp.sum(weight * losses),
+      'top1_errors': jnp.sum(weight * (jnp.argmax(log_probs, -1) != labels)),
+      'top5_errors': jnp.sum(weight * ~top5),
+      'count': jnp.sum(weight),
+  }
+  return sums if data_axis is None else lax.psum(sums, data_axis)
