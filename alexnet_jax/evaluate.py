@@ -46,8 +46,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  if FLAGS.config.num_cpu_devices > 0:
-    jax.config.update('jax_num_cpu_devices', FLAGS.config.num_cpu_devices)
+  parallel.split_cpu(FLAGS.config)
   print(json.dumps(evaluate_checkpoint(FLAGS.config, FLAGS.workdir)))
 
 

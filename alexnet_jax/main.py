@@ -40,8 +40,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
   config = FLAGS.config
-  if config.num_cpu_devices > 0:
-    jax.config.update('jax_num_cpu_devices', config.num_cpu_devices)
+  parallel.split_cpu(config)
   parallel.initialize_distributed(FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id,
                                   FLAGS.initialization_timeout)

@@ -107,6 +107,13 @@ def _wait_for_port(host, port, timeout_s, process_id, num_processes):
       time.sleep(0.5)
 
 
+def split_cpu(config: ml_collections.ConfigDict) -> None:
+  """Makes the CPU ``config.num_cpu_devices`` devices (if > 0); call
+  before JAX first uses its devices."""
+  if config.num_cpu_devices > 0:
+    jax.config.update('jax_num_cpu_devices', config.num_cpu_devices)
+
+
 def process_rows(mesh: Mesh, global_batch_size: int) -> slice:
   """The rows of a global batch that this process must load and feed."""
   index_map = batch_sharding(mesh).addressable_devices_indices_map(

@@ -254,10 +254,12 @@ def _save_figures(workdir: str, state, history: list[dict]) -> None:
 class _Progress:
   """Logs step, loss, learning rate, images/sec and ETA."""
 
-  def __init__(self, total_steps: int, batch_size: int, steps_per_epoch):
-    self.total, self.batch, self.per_epoch = total_steps, batch_size, \
-        steps_per_epoch
-    self.restart(0)
+  def __init__(self, total_steps: int, batch_size: int,
+               steps_per_epoch: int, start_step: int):
+    self.total = total_steps
+    self.batch = batch_size
+    self.per_epoch = steps_per_epoch
+    self.restart(start_step)
 
   def restart(self, step: int) -> None:
     self.step, self.time = step, time.monotonic()
@@ -335,8 +337,8 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
   eval_step = parallel.make_eval_step(mesh, state)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  progress = _Progress(total_steps, config.batch_size, steps_per_epoch)
-  progress.restart(start_step)
+  progress = _Progress(total_steps, config.batch_size, steps_per_epoch,
+                       start_step)
 
   # ---- Loop.
   pending = []  # this step's and earlier metrics not yet fetched

@@ -98,6 +98,21 @@ def test_eval_step_sums_by_hand():
                              rtol=1e-6)
 
 
+def test_ten_crop_eval_averages_the_crops_softmax():
+  # A stand-in apply_fn whose logits are the (1x1, 4-channel) crop itself.
+  crops = jax.random.normal(jax.random.key(0), (2, 10, 1, 1, 4)) * 3
+  labels = jnp.array([1, 3])
+  state = train_state.TrainState.create(
+      apply_fn=lambda v, x, train: x.reshape(x.shape[0], -1),
+      params={}, tx=optax.identity())
+  sums = steps.eval_step(state, crops, labels)
+  probs = np.asarray(jax.nn.softmax(crops.reshape(2, 10, 4))).mean(axis=1)
+  np.testing.assert_allclose(
+      sums['loss'], -np.log(probs[0, 1]) - np.log(probs[1, 3]), rtol=1e-5)
+  assert int(sums['top1_errors']) == int(np.sum(probs.argmax(-1) != labels))
+  assert int(sums['count']) == 2
+
+
 def test_create_model_reads_the_config():
   model = steps.create_model(small_config(dtype='bfloat16', towers=1).model)
   assert model.dtype == jnp.bfloat16 and model.towers == 1

@@ -1,0 +1,147 @@
+"""The paper's ablations (its section 3 and 4 claims), swept over seeds.
+
+    python experiments/ablations.py --config=configs/default.py \\
+        --workdir=/tmp/ablations --seeds=3 --ablations=lrn,pooling
+
+Each ablation is a pair of config overrides (the paper's setting first);
+every variant is trained with ``train.train_and_evaluate`` once per seed in
+``<workdir>/<ablation>/<variant>/seed<k>`` (a finished run is reused, a
+stopped one resumed; its wall time is then that of this invocation). The
+runner writes ``results.json`` and ``results.md`` (mean and standard
+deviation over seeds of the final validation errors, and the wall time)
+into the workdir. The overrides touch
+only the model, so the same ablations run on ``configs/imagenet.py`` or a
+``cifar10`` config when the data is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import ml_collections
+import numpy as np
+from ml_collections import config_flags
+
+from alexnet_jax import parallel
+from alexnet_jax import train
+
+# name -> (what the paper reports, [(variant, model overrides), ...]).
+ABLATIONS = {
+    'lrn': ('LRN lowers top-1 error by 1.4% (section 3.3)',
+            [('LRN', {}), ('no LRN', {'use_lrn': False})]),
+    'pooling': ('overlapping pooling lowers top-1 error by 0.4% (3.4)',
+                [('3/2 overlapping', {}),
+                 ('2/2 non-overlapping', {'pool_window': 2,
+                                          'pool_stride': 2})]),
+    'towers': ('two towers beat one with half the kernels by 1.7% (3.2)',
+               [('two towers', {}), ('one tower', {'towers': 1})]),
+    'dropout': ('without dropout, substantial overfitting (4.2)',
+                [('dropout 0.5', {'dropout_rate': 0.5}),
+                 ('no dropout', {'dropout_rate': 0.0})]),
+}
+METRICS = ('top1_error', 'ten_crop_top1_error', 'top5_error', 'train_loss')
+
+
+def variant_config(base: ml_collections.ConfigDict, overrides: dict,
+                   seed: int) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.model.update(overrides)
+  config.seed = seed
+  return config
+
+
+def run(base: ml_collections.ConfigDict, workdir: str, names, seeds: int
+        ) -> list[dict]:
+  """Trains every variant of ``names`` for ``seeds`` seeds; one result per
+  run (its final ``metrics.jsonl`` record and wall time)."""
+  unknown = sorted(set(names) - set(ABLATIONS))
+  if unknown:
+    raise ValueError(f'Unknown ablations {unknown}; use some of '
+                     f'{sorted(ABLATIONS)}.')
+  results = []
+  for name in names:
+    for variant, overrides in ABLATIONS[name][1]:
+      for seed in range(seeds):
+        run_dir = os.path.join(workdir, name,
+                               re.sub(r'[^A-Za-z0-9.]+', '_', variant),
+                               f'seed{seed}')
+        start = time.monotonic()
+        train.train_and_evaluate(variant_config(base, overrides, seed),
+                                 run_dir)
+        with open(os.path.join(run_dir, train.METRICS_FILE)) as f:
+          final = json.loads(f.readlines()[-1])
+        results.append({'ablation': name, 'variant': variant, 'seed': seed,
+                        'wall_s': time.monotonic() - start, **final})
+  return results
+
+
+def summarize(results: list[dict]) -> list[dict]:
+  """Mean and standard deviation over seeds, one row per variant."""
+  rows = []
+  for name, (claim, variants) in ABLATIONS.items():
+    for variant, _ in variants:
+      runs = [r for r in results
+              if r['ablation'] == name and r['variant'] == variant]
+      if not runs:
+        continue
+      row = {'ablation': name, 'claim': claim, 'variant': variant,
+             'seeds': len(runs),
+             'wall_s': float(np.sum([r['wall_s'] for r in runs]))}
+      for metric in METRICS:
+        values = [r[metric] for r in runs if metric in r]
+        if values:
+          row[metric] = (float(np.mean(values)), float(np.std(values)))
+      rows.append(row)
+  return rows
+
+
+def _cell(row: dict, metric: str) -> str:
+  if metric not in row:
+    return '-'
+  mean, std = row[metric]
+  if metric == 'train_loss':
+    return f'{mean:.3f} ± {std:.3f}'
+  return f'{100 * mean:.1f}% ± {100 * std:.1f}'
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = ['| ablation | variant | seeds | top-1 error (centre) | top-1 '
+           'error (ten crops) | top-5 error | final train loss | wall time '
+           '(all seeds) |', '|---|---|---|---|---|---|---|---|']
+  for row in rows:
+    cells = [_cell(row, m) for m in METRICS]
+    lines.append(f'| {row["ablation"]} | {row["variant"]} | {row["seeds"]} | '
+                 f'{" | ".join(cells)} | {row["wall_s"] / 60:.1f} min |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  parallel.split_cpu(FLAGS.config)
+  results = run(FLAGS.config, FLAGS.workdir, FLAGS.ablations, FLAGS.seeds)
+  rows = summarize(results)
+  with open(os.path.join(FLAGS.workdir, 'results.json'), 'w') as f:
+    json.dump({'runs': results, 'summary': rows}, f, indent=1)
+  with open(os.path.join(FLAGS.workdir, 'results.md'), 'w') as f:
+    f.write(markdown(rows))
+  print(markdown(rows))
+
+
+if __name__ == '__main__':
+  FLAGS = flags.FLAGS
+  config_flags.DEFINE_config_file('config', 'configs/default.py',
+                                  'The base config.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Where the runs and tables go.')
+  flags.DEFINE_list('ablations', list(ABLATIONS), 'Which ablations.')
+  flags.DEFINE_integer('seeds', 3, 'Seeds per variant.')
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)
