@@ -17,7 +17,6 @@ from ml_collections import config_flags
 
 from alexnet_jax import checkpoint
 from alexnet_jax import parallel
-from alexnet_jax import steps
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -31,10 +30,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
   mesh = parallel.make_mesh(config)
   manager = checkpoint.create_manager(workdir, config, read_only=True)
   checkpoint.check_compatible(manager, config)
-  model = steps.create_model(config.model)
-  state = parallel.create_train_state(config, model, mesh,
-                                      jax.random.key(0))
-  state, _ = checkpoint.restore(manager, state)
+  state, _ = checkpoint.restore(
+      manager, train.create_state(config, mesh, jax.random.key(0)))
   builder = train.load_dataset(config)
   eval_step = parallel.make_eval_step(mesh, state)
   return {'step': int(state.step), **{

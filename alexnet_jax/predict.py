@@ -20,7 +20,6 @@ import tensorflow_datasets as tfds
 from alexnet_jax import checkpoint
 from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
-from alexnet_jax import steps
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
@@ -57,9 +56,8 @@ def predict(workdir: str, paths: list[str], k: int = 5
   config.model_axis_size = 1  # one device holds the whole net
   mesh = parallel.make_mesh(config, jax.devices()[:1])
   manager = checkpoint.create_manager(workdir, config, read_only=True)
-  model = steps.create_model(config.model)
-  state, _ = checkpoint.restore(manager, parallel.create_train_state(
-      config, model, mesh, jax.random.key(0)))
+  state, _ = checkpoint.restore(
+      manager, train.create_state(config, mesh, jax.random.key(0)))
   logits = jax.jit(state.apply_fn, static_argnames='train')(
       {'params': state.params}, images, train=False)
   probs = np.asarray(jax.nn.softmax(logits))

@@ -86,6 +86,18 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+def create_state(config: ml_collections.ConfigDict, mesh, rng: jax.Array,
+                 steps_per_epoch: int = 1, total_steps: int = 1
+                 ) -> train_state.TrainState:
+  """A fresh state, born sharded on ``mesh``, with the config's learning
+  rate schedule over ``total_steps``. Evaluation and prediction need only
+  its layout (the same for any lengths) to restore a checkpoint into."""
+  lr_fn = schedules.create_learning_rate_fn(config, steps_per_epoch,
+                                            total_steps)
+  return parallel.create_train_state(config, steps.create_model(config.model),
+                                     mesh, rng, lr_fn)
+
+
 # --------------------------------------------------------------------------
 # Input.
 
@@ -308,11 +320,8 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
                  else config.num_epochs * steps_per_epoch)
 
   # ---- Model and state: born sharded, then the latest checkpoint if any.
-  model = steps.create_model(config.model)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  lr_fn = schedules.create_learning_rate_fn(config, steps_per_epoch,
-                                            total_steps)
-  state = parallel.create_train_state(config, model, mesh, init_rng, lr_fn)
+  state = create_state(config, mesh, init_rng, steps_per_epoch, total_steps)
   plateau = schedules.Plateau.from_config(config)
   # Train-loss sum and count of the current epoch, for metrics.jsonl.
   epoch_loss = [0.0, 0]

@@ -8,6 +8,7 @@ import signal
 
 import jax
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 from ml_collections import config_flags
@@ -187,11 +188,20 @@ def test_mock_cifar10_runs_end_to_end(tmp_path):
   config.input.update(dataset='cifar10', eval_split='test',
                       ten_crop_eval=False)
   config.update(batch_size=8, num_train_steps=3, log_every_steps=1)
+  workdir = str(tmp_path / 'run')
   with tfds.testing.mock_data(num_examples=24):
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = train.train_and_evaluate(config, workdir)
+    (record,) = history(workdir)
+    # The default config's cosine schedule keeps its own state in the
+    # optimizer: evaluate and predict must restore that layout too.
+    results = evaluate.evaluate_checkpoint(config, workdir)
   assert int(state.step) == 3
-  (record,) = history(str(tmp_path))
   assert record['step'] == 3 and record['epoch'] == 1.0
+  assert results['step'] == 3
+  image = tmp_path / 'image.png'
+  PIL.Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(image)
+  (top,) = predict.predict(workdir, [str(image)])
+  assert len(top) == 5 and top[0][1] >= top[-1][1]
 
 
 def test_evaluate_and_predict_use_the_latest_checkpoint(full_run, data_dir,
