@@ -31,8 +31,8 @@ from ml_collections import config_flags
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
-from alexnet_jax import synthetic_shapes
 from alexnet_jax import steps
+from alexnet_jax import synthetic_shapes
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
