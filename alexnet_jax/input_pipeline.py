@@ -40,8 +40,6 @@ PCA_STDDEV = 0.1
 RESIZE = 256
 
 
-
-
 def _decode_window(image_bytes: tf.Tensor, window_fn) -> tf.Tensor:
   """Decodes only ``window_fn(height, width) -> (top, left, h, w)``.
 

@@ -36,7 +36,8 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
   if config.schedule == 'cosine':
     warmup = round(config.warmup_epochs * steps_per_epoch)
     return optax.warmup_cosine_decay_schedule(
-        0.0, base, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1))
+        0.0, base, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1))
   raise ValueError(f'Unknown schedule {config.schedule!r}; use one of '
                    f'{SCHEDULES}.')
 
