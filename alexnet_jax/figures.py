@@ -5,6 +5,9 @@
   scaled to the full colour range on its own.
 * ``learning_curves.png``: train loss, validation top-1 error and learning
   rate against the epoch, from ``metrics.jsonl``.
+
+And the paper's Figure 4 for experiments/trained_model.ipynb: test images
+with their top-5 predictions, and images with their nearest neighbours.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+
+from alexnet_jax import input_pipeline
 
 KERNELS_PER_ROW = 16
 
@@ -68,3 +73,43 @@ def save_learning_curves(history: list[dict], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+  """Network inputs (mean-subtracted, 0..255) back to displayable RGB."""
+  return np.clip((images + np.array(input_pipeline.MEAN_RGB)) / 255, 0, 1)
+
+
+def plot_predictions(images: np.ndarray, labels: list[str],
+                     top: list[list[tuple[str, float]]]):
+  """Figure 4, left: each image over a bar chart of its top-5 classes; the
+  true label is the title, its bar red when it is among the five."""
+  fig, axes = plt.subplots(2, len(images), squeeze=False,
+                           figsize=(2.2 * len(images), 4.4),
+                           gridspec_kw={'height_ratios': [3, 2]})
+  for i, (image, label, classes) in enumerate(zip(images, labels, top)):
+    axes[0, i].imshow(pixels(image))
+    axes[0, i].set_title(label, fontsize=9)
+    axes[0, i].set_axis_off()
+    names, probs = zip(*classes)
+    colours = ['tab:red' if n == label else 'tab:blue' for n in names]
+    axes[1, i].barh(range(len(names))[::-1], probs, color=colours)
+    axes[1, i].set_yticks(range(len(names))[::-1], names, fontsize=8)
+    axes[1, i].set_xlim(0, 1)
+  fig.tight_layout()
+  return fig
+
+
+def plot_neighbours(queries: np.ndarray, neighbours: np.ndarray):
+  """Figure 4, right: each query image (first column) and its nearest
+  training images ``neighbours[query, k]`` by fc7 features."""
+  rows, k = neighbours.shape[:2]
+  fig, axes = plt.subplots(rows, k + 1, squeeze=False,
+                           figsize=(1.3 * (k + 1), 1.3 * rows))
+  for row, query, images in zip(axes, queries, neighbours):
+    for ax, image in zip(row, [query, *images]):
+      ax.imshow(pixels(image))
+      ax.set_axis_off()
+  axes[0, 0].set_title('query', fontsize=9)
+  fig.tight_layout()
+  return fig

@@ -201,6 +201,24 @@ def dataset_builder(name: str, data_dir: str | None = None
   return builder
 
 
+def centre_crops(builder: tfds.core.DatasetBuilder, split: str, *,
+                 crop_size: int, resize: int, limit: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``limit`` (default all) examples of ``split`` in file order
+  as evaluation centre crops ``[n, crop_size, crop_size, 3]`` and labels,
+  in memory: for small sets and figures, not for training the paper's net.
+  """
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  if limit is not None:
+    ds = ds.take(limit)
+  ds = ds.map(lambda x: (preprocess_eval(x['image'], crop_size=crop_size,
+                                         resize=resize), x['label']),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  images, labels = zip(*tfds.as_numpy(ds.batch(1024)))
+  return np.concatenate(images), np.concatenate(labels)
+
+
 def _process_split(split: str, process_index: int, process_count: int):
   """This process's part of ``split``: disjoint parts that cover it."""
   return tfds.split_for_jax_process(split, process_index=process_index,

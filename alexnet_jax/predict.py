@@ -1,4 +1,6 @@
-"""The top-5 classes of image files, from a run's latest checkpoint.
+"""What a trained run says about images: the top-5 classes of image files
+(the command), and the fc7 features and nearest neighbours of the paper's
+Figure 4 (used by experiments/trained_model.ipynb).
 
     python -m alexnet_jax.predict --workdir=DIR IMAGE [IMAGE ...]
 
@@ -48,22 +50,64 @@ def load_images(paths, config: ml_collections.ConfigDict) -> np.ndarray:
   return np.stack(images)
 
 
-def predict(workdir: str, paths: list[str], k: int = 5
-            ) -> list[list[tuple[str, float]]]:
-  """For each image, its ``k`` most probable classes with probabilities."""
+def load_state(workdir: str):
+  """The run's config and its latest checkpoint's state, the whole net on
+  one device."""
   config = load_config(workdir)
-  images = load_images(paths, config)
-  config.model_axis_size = 1  # one device holds the whole net
+  config.model_axis_size = 1
   mesh = parallel.make_mesh(config, jax.devices()[:1])
   manager = checkpoint.create_manager(workdir, config, read_only=True)
   state, _ = checkpoint.restore(
       manager, train.create_state(config, mesh, jax.random.key(0)))
+  return config, state
+
+
+def class_names(config: ml_collections.ConfigDict) -> list[str]:
+  return tfds.builder(config.input.dataset).info.features['label'].names
+
+
+def probabilities(state, images: np.ndarray) -> np.ndarray:
   logits = jax.jit(state.apply_fn, static_argnames='train')(
       {'params': state.params}, images, train=False)
-  probs = np.asarray(jax.nn.softmax(logits))
-  names = tfds.builder(config.input.dataset).info.features['label'].names
+  return np.asarray(jax.nn.softmax(logits))
+
+
+def top_k(probs: np.ndarray, names: list[str], k: int = 5
+          ) -> list[list[tuple[str, float]]]:
+  """For each row of ``probs``, its ``k`` most probable classes."""
   return [[(names[c], float(p[c])) for c in np.argsort(-p)[:k]]
           for p in probs]
+
+
+def predict(workdir: str, paths: list[str], k: int = 5
+            ) -> list[list[tuple[str, float]]]:
+  """For each image, its ``k`` most probable classes with probabilities."""
+  config, state = load_state(workdir)
+  return top_k(probabilities(state, load_images(paths, config)),
+               class_names(config), k)
+
+
+def fc7_features(state, images: np.ndarray, batch_size: int = 256
+                 ) -> np.ndarray:
+  """The last hidden layer's activations ``[n, fc7 units]`` (both towers'
+  units side by side), the features of the paper's Figure 4 neighbours."""
+  @jax.jit
+  def features(params, x):
+    _, sown = state.apply_fn({'params': params}, x, train=False,
+                             mutable=['intermediates'])
+    return jax.numpy.concatenate(sown['intermediates']['fc7_out'][0], -1)
+  return np.concatenate([
+      np.asarray(features(state.params, images[i:i + batch_size]))
+      for i in range(0, len(images), batch_size)])
+
+
+def nearest_neighbours(queries: np.ndarray, pool: np.ndarray, k: int
+                       ) -> np.ndarray:
+  """Indices ``[len(queries), k]`` of each query's ``k`` nearest rows of
+  ``pool`` by Euclidean distance, nearest first (section 6.1)."""
+  distances = (np.sum(queries ** 2, 1)[:, None] - 2 * queries @ pool.T
+               + np.sum(pool ** 2, 1)[None, :])
+  return np.argsort(distances, axis=1, kind='stable')[:, :k]
 
 
 def main(argv):

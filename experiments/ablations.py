@@ -6,10 +6,13 @@
 Each ablation is a pair of config overrides (the paper's setting first);
 every variant is trained with ``train.train_and_evaluate`` once per seed in
 ``<workdir>/<ablation>/<variant>/seed<k>`` (a finished run is reused, a
-stopped one resumed; its wall time is then that of this invocation). The
+stopped one resumed; its wall time is then that of this invocation; a
+config that two ablations share, such as the paper's setting, is trained
+once and reported in both). The
 runner writes ``results.json`` and ``results.md`` (mean and standard
 deviation over seeds of the final validation errors, and the wall time)
-into the workdir. The overrides touch
+and ``curves.png`` (each variant's curves, mean and range over seeds) into
+the workdir. The overrides touch
 only the model, so the same ablations run on ``configs/imagenet.py`` or a
 ``cifar10`` config when the data is there.
 """
@@ -26,6 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 from ml_collections import config_flags
@@ -67,20 +73,30 @@ def run(base: ml_collections.ConfigDict, workdir: str, names, seeds: int
     raise ValueError(f'Unknown ablations {unknown}; use some of '
                      f'{sorted(ABLATIONS)}.')
   results = []
+  trained = {}  # config -> the run that trained it
   for name in names:
     for variant, overrides in ABLATIONS[name][1]:
       for seed in range(seeds):
-        run_dir = os.path.join(workdir, name,
-                               re.sub(r'[^A-Za-z0-9.]+', '_', variant),
-                               f'seed{seed}')
-        start = time.monotonic()
-        train.train_and_evaluate(variant_config(base, overrides, seed),
-                                 run_dir)
-        with open(os.path.join(run_dir, train.METRICS_FILE)) as f:
-          final = json.loads(f.readlines()[-1])
+        config = variant_config(base, overrides, seed)
+        # The paper's setting is the same config in every ablation (and a
+        # variant may equal the base): train it once, report it in each.
+        if config.to_json() not in trained:
+          trained[config.to_json()] = _train(config, os.path.join(
+              workdir, name, re.sub(r'[^A-Za-z0-9.]+', '_', variant),
+              f'seed{seed}'))
         results.append({'ablation': name, 'variant': variant, 'seed': seed,
-                        'wall_s': time.monotonic() - start, **final})
+                        **trained[config.to_json()]})
   return results
+
+
+def _train(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+  """Trains (or resumes, or reuses) one run; its final metrics record,
+  wall time and directory."""
+  start = time.monotonic()
+  train.train_and_evaluate(config, run_dir)
+  with open(os.path.join(run_dir, train.METRICS_FILE)) as f:
+    final = json.loads(f.readlines()[-1])
+  return {'run_dir': run_dir, 'wall_s': time.monotonic() - start, **final}
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -123,6 +139,42 @@ def markdown(rows: list[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+CURVES = (('train_loss', 'train loss'), ('loss', 'validation loss'),
+          ('top1_error', 'validation top-1 error (centre)'))
+
+
+def plot(results: list[dict], path: str) -> None:
+  """One row per ablation: each variant's mean over seeds (line) and range
+  (band) of the curves in ``CURVES`` against the epoch."""
+  names = list(dict.fromkeys(r['ablation'] for r in results))
+  fig, axes = plt.subplots(len(names), len(CURVES), squeeze=False,
+                           figsize=(4.2 * len(CURVES), 3 * len(names)))
+  for row, name in zip(axes, names):
+    for variant in dict.fromkeys(r['variant'] for r in results
+                                 if r['ablation'] == name):
+      histories = [_history(r['run_dir']) for r in results
+                   if (r['ablation'], r['variant']) == (name, variant)]
+      epochs = min(len(h) for h in histories)
+      x = [record['epoch'] for record in histories[0][:epochs]]
+      for ax, (key, label) in zip(row, CURVES):
+        y = np.array([[record[key] for record in h[:epochs]]
+                      for h in histories])
+        ax.plot(x, y.mean(0), label=variant)
+        ax.fill_between(x, y.min(0), y.max(0), alpha=0.25)
+        ax.set_title(f'{name}: {label}')
+        ax.set_xlabel('epoch')
+        ax.grid(alpha=0.3)
+    row[-1].legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _history(run_dir: str) -> list[dict]:
+  with open(os.path.join(run_dir, train.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
@@ -133,6 +185,7 @@ def main(argv):
     json.dump({'runs': results, 'summary': rows}, f, indent=1)
   with open(os.path.join(FLAGS.workdir, 'results.md'), 'w') as f:
     f.write(markdown(rows))
+  plot(results, os.path.join(FLAGS.workdir, 'curves.png'))
   print(markdown(rows))
 
 

@@ -235,3 +235,34 @@ def test_evaluate_and_predict_use_the_latest_checkpoint(full_run, data_dir,
   (tmp_path / 'notes.txt').write_text('not an image')
   with pytest.raises(ValueError, match=r"Cannot read '.*notes.txt'"):
     predict.predict(workdir, [str(tmp_path / 'notes.txt')])
+
+
+def test_fc7_features_are_what_fc8_reads(full_run, data_dir):
+  # fc8 is one weight block per tower, summed: the logits must be the
+  # features (towers side by side) times the stacked blocks, plus the bias.
+  _, workdir, _ = full_run
+  config, state = predict.load_state(workdir)
+  builder = tfds.builder('synthetic_shapes/tiny', data_dir=data_dir)
+  images, labels = input_pipeline.centre_crops(
+      builder, 'validation', crop_size=config.model.image_size,
+      resize=config.input.resize, limit=5)
+  assert images.shape == (5, 96, 96, 3) and labels.shape == (5,)
+  features = predict.fc7_features(state, images, batch_size=2)
+  fc8 = jax.device_get(state.params['fc8'])
+  assert features.shape == (5, fc8['kernel'].shape[0] *
+                            fc8['kernel'].shape[1])
+  logits = features @ fc8['kernel'].reshape(features.shape[1], -1) \
+      + fc8['bias']
+  np.testing.assert_allclose(
+      jax.nn.softmax(logits), predict.probabilities(state, images),
+      rtol=1e-4, atol=1e-6)
+
+
+def test_nearest_neighbours_by_euclidean_distance():
+  pool = np.array([[0., 0.], [3., 4.], [1., 1.], [-2., 0.]])
+  queries = np.array([[0.9, 1.2], [-3., 0.]])
+  # Distances by hand: query 0 -> 1.5, 3.5, 0.22, 3.14; query 1 -> 3,
+  # 7.21, 4.12, 1.
+  np.testing.assert_array_equal(
+      predict.nearest_neighbours(queries, pool, k=3),
+      [[2, 0, 3], [3, 0, 2]])

@@ -1,0 +1,62 @@
+"""The notebooks in experiments/ run top to bottom on CPU with small
+settings: the test replaces their parameters (a cell right after the one
+tagged 'parameters', papermill's convention) and executes every cell in a
+fresh kernel; each must end with its pictures displayed."""
+
+import os
+
+import nbclient
+import nbformat
+import pytest
+
+from alexnet_jax import input_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  input_pipeline.dataset_builder('synthetic_shapes/tiny', path)
+  return path
+
+
+def run_notebook(name: str, **parameters) -> nbformat.NotebookNode:
+  notebook = nbformat.read(os.path.join(REPO, 'experiments', name),
+                           as_version=4)
+  (index,) = [i for i, cell in enumerate(notebook.cells)
+              if 'parameters' in cell.metadata.get('tags', [])]
+  notebook.cells.insert(index + 1, nbformat.v4.new_code_cell('\n'.join(
+      f'{key} = {value!r}' for key, value in parameters.items())))
+  nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
+                          resources={'metadata': {'path': REPO}}).execute()
+  return notebook
+
+
+def images_shown(notebook: nbformat.NotebookNode) -> int:
+  return sum('image/png' in output.get('data', {})
+             for cell in notebook.cells if cell.cell_type == 'code'
+             for output in cell.outputs)
+
+
+def test_the_relu_tanh_notebook_runs(data_dir, tmp_path):
+  notebook = run_notebook(
+      'relu_tanh.ipynb', REPO=REPO, INSTALL=False, WORKDIR=str(tmp_path),
+      OVERRIDES={'input.dataset': 'synthetic_shapes/tiny',
+                 'input.data_dir': data_dir, 'batch_size': 20,
+                 'num_epochs': 2, 'learning_rates': (0.01,), 'seeds': 1})
+  assert images_shown(notebook) == 1
+  assert (tmp_path / 'results.json').exists()
+
+
+def test_the_trained_model_notebook_runs(data_dir, tmp_path):
+  notebook = run_notebook(
+      'trained_model.ipynb', REPO=REPO, INSTALL=False, WORKDIR=str(tmp_path),
+      OVERRIDES={'input.dataset': 'synthetic_shapes/tiny',
+                 'input.data_dir': data_dir, 'batch_size': 16,
+                 'num_epochs': 1},
+      NUM_IMAGES=4, NUM_QUERIES=2, NEIGHBOURS=3, POOL=50)
+  # Curves, kernels, predictions, neighbours.
+  assert images_shown(notebook) == 4
+  for picture in ('predictions.png', 'neighbours.png'):
+    assert (tmp_path / picture).stat().st_size > 0
