@@ -26,6 +26,13 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import synthetic_shapes  # registers its tfds builder
 
+# tf.data only runs on the CPU here. A GPU build of TensorFlow (Colab's)
+# would otherwise take most of the GPU's memory from JAX on its first op.
+try:
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TensorFlow already initialized by the caller
+  pass
+
 # Section 2: the mean training image, here per channel on a 0..255 scale.
 MEAN_RGB = (123.68, 116.78, 103.94)
 # Section 4.1: the eigenvalues and eigenvectors (columns) of the RGB

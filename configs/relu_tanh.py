@@ -11,6 +11,9 @@ take cuda-convnet's small CIFAR-10 net (three 5x5 conv layers of 32, 32
 and 64 kernels, each followed by 3/2 max pooling, then the softmax layer),
 24x24 centre crops as in cuda-convnet's CIFAR-10 nets, no augmentation and
 no regularization (as in Figure 1), and sweep the rates below on seed 0.
+Of the inherited fields the experiment reads the input's dataset, data
+directory, train split and resize, the model's image size and class count,
+and the seed; the others belong to AlexNet and are not used here.
 """
 
 from configs import default
@@ -18,8 +21,8 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.model.update(width=1.0, image_size=24)
-  config.input.resize = 28  # 24 / 28: about cuda-convnet's 24/32 crop of CIFAR
+  config.model.image_size = 24
+  config.input.resize = 28  # crop 24 of 28, as the paper's 224 of 256
   config.cnn = dict(features=(32, 32, 64), kernel_size=5)
   config.activations = ('relu', 'tanh')
   # Tried in this order, from the middle out: a run slower than the fastest
@@ -30,5 +33,4 @@ def get_config():
   config.num_epochs = 30  # the most any one run trains
   config.target_train_error = 0.25
   config.seeds = 3
-  config.num_cpu_devices = 0  # one device: this net is not split
   return config

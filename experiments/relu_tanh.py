@@ -44,9 +44,9 @@ from alexnet_jax import models
 class FourLayerNet(nn.Module):
   """Three conv layers with 3/2 max pooling, then the softmax layer."""
   activation: str
-  features: Sequence[int] = (32, 32, 64)
-  kernel_size: int = 5
-  num_classes: int = 10
+  features: Sequence[int]
+  kernel_size: int
+  num_classes: int
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:

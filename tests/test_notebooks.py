@@ -33,10 +33,10 @@ def run_notebook(name: str, **parameters) -> nbformat.NotebookNode:
   return notebook
 
 
-def images_shown(notebook: nbformat.NotebookNode) -> int:
-  return sum('image/png' in output.get('data', {})
-             for cell in notebook.cells if cell.cell_type == 'code'
-             for output in cell.outputs)
+def shown(notebook: nbformat.NotebookNode, mime: str) -> list[str]:
+  return [output['data'][mime] for cell in notebook.cells
+          if cell.cell_type == 'code' for output in cell.outputs
+          if mime in output.get('data', {})]
 
 
 def test_the_relu_tanh_notebook_runs(data_dir, tmp_path):
@@ -45,8 +45,9 @@ def test_the_relu_tanh_notebook_runs(data_dir, tmp_path):
       OVERRIDES={'input.dataset': 'synthetic_shapes/tiny',
                  'input.data_dir': data_dir, 'batch_size': 20,
                  'num_epochs': 2, 'learning_rates': (0.01,), 'seeds': 1})
-  assert images_shown(notebook) == 1
-  assert (tmp_path / 'results.json').exists()
+  assert len(shown(notebook, 'image/png')) == 1
+  (table,) = shown(notebook, 'text/markdown')
+  assert '| relu | 0.01 |' in table and '| tanh | 0.01 |' in table
 
 
 def test_the_trained_model_notebook_runs(data_dir, tmp_path):
@@ -57,6 +58,6 @@ def test_the_trained_model_notebook_runs(data_dir, tmp_path):
                  'num_epochs': 1},
       NUM_IMAGES=4, NUM_QUERIES=2, NEIGHBOURS=3, POOL=50)
   # Curves, kernels, predictions, neighbours.
-  assert images_shown(notebook) == 4
+  assert len(shown(notebook, 'image/png')) == 4
   for picture in ('predictions.png', 'neighbours.png'):
     assert (tmp_path / picture).stat().st_size > 0

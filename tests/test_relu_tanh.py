@@ -43,6 +43,20 @@ def test_each_activation_keeps_its_fastest_rate(config, tmp_path):
   assert '| relu | 0.01 |' in (tmp_path / 'results.md').read_text()
 
 
+def test_the_fastest_rate():
+  config = relu_tanh_config.get_config()  # target 25%
+  pick = lambda sweep: relu_tanh._fastest(config, sweep)
+  # Fewest epochs wins, wherever it stands in the sweep.
+  assert pick({0.01: [0.5, 0.3, 0.2], 0.03: [0.4, 0.2]}) == 0.03
+  # A tie goes to the lower error at the target epoch.
+  assert pick({0.01: [0.5, 0.24], 0.03: [0.4, 0.21]}) == 0.03
+  assert pick({0.01: [0.5, 0.2], 0.03: [0.4, 0.21]}) == 0.01
+  # A rate that reached the target beats one that did not.
+  assert pick({0.1: [0.3, 0.26], 0.01: [0.9, 0.5, 0.25]}) == 0.01
+  # None reached it: the lowest final error.
+  assert pick({0.1: [0.9, 0.8], 0.01: [0.9, 0.6]}) == 0.01
+
+
 def test_epochs_to_target_and_the_table():
   assert relu_tanh.epochs_to_target([0.9, 0.5, 0.2, 0.3], 0.25) == 3
   assert relu_tanh.epochs_to_target([0.9, 0.5], 0.25) is None
@@ -59,5 +73,7 @@ def test_the_config_runs_unchanged_on_cifar10(tmp_path):
   config.update(num_epochs=1, learning_rates=(0.01,), seeds=1,
                 batch_size=8)
   with tfds.testing.mock_data(num_examples=24):
+    images, labels = relu_tanh.load_images(config, 'train')
     results = relu_tanh.run(config, str(tmp_path))
+  assert images.shape == (24, 24, 24, 3) and labels.shape == (24,)
   assert [len(r['curves'][0]) for r in results.values()] == [1, 1]
