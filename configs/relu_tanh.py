@@ -16,6 +16,8 @@ directory, train split and resize, the model's image size and class count,
 and the seed; the others belong to AlexNet and are not used here.
 """
 
+from ml_collections import config_dict
+
 from configs import default
 
 
@@ -23,7 +25,9 @@ def get_config():
   config = default.get_config()
   config.model.image_size = 24
   config.input.resize = 28  # crop 24 of 28, as the paper's 224 of 256
-  config.cnn = dict(features=(32, 32, 64), kernel_size=5)
+  # init_stddev None: LeCun normal; 0.01 is the paper's AlexNet init.
+  config.cnn = dict(features=(32, 32, 64), kernel_size=5,
+                    init_stddev=config_dict.placeholder(float))
   config.activations = ('relu', 'tanh')
   # Tried in this order, from the middle out: a run slower than the fastest
   # so far is stopped there, so a good first guess saves time.

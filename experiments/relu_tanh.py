@@ -42,20 +42,29 @@ from alexnet_jax import models
 
 
 class FourLayerNet(nn.Module):
-  """Three conv layers with 3/2 max pooling, then the softmax layer."""
+  """Three conv layers with 3/2 max pooling, then the softmax layer.
+
+  Weights N(0, ``init_stddev``) as in the paper's section 5, or with None
+  flax's LeCun normal (variance 1 / fan-in); biases 0.
+  """
   activation: str
   features: Sequence[int]
   kernel_size: int
   num_classes: int
+  init_stddev: float | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
+    init = (nn.initializers.lecun_normal() if self.init_stddev is None
+            else nn.initializers.normal(self.init_stddev))
     x = images
     for features in self.features:
-      x = nn.Conv(features, (self.kernel_size,) * 2, padding='SAME')(x)
+      x = nn.Conv(features, (self.kernel_size,) * 2, padding='SAME',
+                  kernel_init=init)(x)
       x = models.ACTIVATIONS[self.activation](x)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
-    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    return nn.Dense(self.num_classes, kernel_init=init)(
+        x.reshape(x.shape[0], -1))
 
 
 def load_images(config: ml_collections.ConfigDict, split: str
