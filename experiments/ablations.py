@@ -131,7 +131,8 @@ def _cell(row: dict, metric: str) -> str:
 def markdown(rows: list[dict]) -> str:
   lines = ['| ablation | variant | seeds | top-1 error (centre) | top-1 '
            'error (ten crops) | top-5 error | final train loss | wall time '
-           '(all seeds) |', '|---|---|---|---|---|---|---|---|']
+           '(all seeds, this invocation) |',
+           '|---|---|---|---|---|---|---|---|']
   for row in rows:
     cells = [_cell(row, m) for m in METRICS]
     lines.append(f'| {row["ablation"]} | {row["variant"]} | {row["seeds"]} | '
