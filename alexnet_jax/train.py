@@ -230,9 +230,10 @@ def _save(manager, state, config, **extra) -> None:
 # --------------------------------------------------------------------------
 # Metrics.
 
-def _read_history(workdir: str, up_to_step: int) -> list[dict]:
-  """The records of ``metrics.jsonl`` up to the restored step (later ones
-  came from training that the checkpoint does not hold; they are redone)."""
+def read_history(workdir: str, up_to_step: float = math.inf) -> list[dict]:
+  """The records of ``metrics.jsonl`` up to ``up_to_step``. A resumed run
+  keeps those up to its restored step (later ones came from training that
+  the checkpoint does not hold; they are redone)."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
@@ -332,7 +333,7 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
     logging.info('Resumed from step %d of %s.', int(state.step),
                  manager.directory)
   start_step = int(state.step)
-  history = _read_history(workdir, start_step)
+  history = read_history(workdir, start_step)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
       f.write(config.to_json(indent=2))

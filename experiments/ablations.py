@@ -94,9 +94,8 @@ def _train(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   wall time and directory."""
   start = time.monotonic()
   train.train_and_evaluate(config, run_dir)
-  with open(os.path.join(run_dir, train.METRICS_FILE)) as f:
-    final = json.loads(f.readlines()[-1])
-  return {'run_dir': run_dir, 'wall_s': time.monotonic() - start, **final}
+  return {'run_dir': run_dir, 'wall_s': time.monotonic() - start,
+          **train.read_history(run_dir)[-1]}
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -153,7 +152,7 @@ def plot(results: list[dict], path: str) -> None:
   for row, name in zip(axes, names):
     for variant in dict.fromkeys(r['variant'] for r in results
                                  if r['ablation'] == name):
-      histories = [_history(r['run_dir']) for r in results
+      histories = [train.read_history(r['run_dir']) for r in results
                    if (r['ablation'], r['variant']) == (name, variant)]
       epochs = min(len(h) for h in histories)
       x = [record['epoch'] for record in histories[0][:epochs]]
@@ -169,11 +168,6 @@ def plot(results: list[dict], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
-
-
-def _history(run_dir: str) -> list[dict]:
-  with open(os.path.join(run_dir, train.METRICS_FILE)) as f:
-    return [json.loads(line) for line in f]
 
 
 def main(argv):

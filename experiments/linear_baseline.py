@@ -24,6 +24,7 @@ import optax
 from ml_collections import config_flags
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import steps
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config.')
@@ -33,15 +34,10 @@ flags.DEFINE_float('weight_decay', 1e-4, 'L2 on the weights.')
 
 
 def pixels(builder, split, config):
-  ds = input_pipeline.create_split(
-      builder, split, global_batch_size=500, train=False,
-      crop_size=config.model.image_size, resize=config.input.resize)
-  xs, ys = [], []
-  for batch in ds.as_numpy_iterator():
-    keep = batch['mask']
-    xs.append(batch['image'][keep].reshape(keep.sum(), -1) / 64.0)
-    ys.append(batch['label'][keep])
-  return np.concatenate(xs), np.concatenate(ys)
+  images, labels = input_pipeline.centre_crops(
+      builder, split, crop_size=config.model.image_size,
+      resize=config.input.resize)
+  return images.reshape(len(images), -1) / 64.0, labels
 
 
 def main(_):
@@ -57,7 +53,7 @@ def main(_):
 
   def loss_fn(params):
     logits = x @ params['w'] + params['b']
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return steps.cross_entropy_loss(logits, y)
 
   @jax.jit
   def step(params, opt_state):

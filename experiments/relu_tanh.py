@@ -39,6 +39,7 @@ from ml_collections import config_flags
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
+from alexnet_jax import steps
 
 
 class FourLayerNet(nn.Module):
@@ -82,8 +83,7 @@ def load_images(config: ml_collections.ConfigDict, split: str
 def _train_step(model, tx, params, opt_state, images, labels):
   def loss_fn(params):
     logits = model.apply({'params': params}, images)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return loss.mean(), logits
+    return steps.cross_entropy_loss(logits, labels), logits
   (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state)
   wrong = jnp.sum(jnp.argmax(logits, -1) != labels)
