@@ -9,18 +9,48 @@ derives both from it), so a resumed run continues exactly.
 Before a run touches an existing workdir, ``check_compatible`` compares
 that record with the config, so that a mistyped ``--workdir`` or config
 fails at once instead of overwriting another experiment.
+
+A checkpoint that cannot be restored (a file truncated or lost, e.g. by a
+machine that died while copying the workdir) is skipped: training moves it
+aside into ``<workdir>/checkpoints_damaged`` (never deleting it) and
+continues from the newest good one.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import time
 from typing import Any
 
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
+from alexnet_jax import storage
+
 DIRNAME = 'checkpoints'
+# TensorStore reports a file it cannot read as a ValueError whose message
+# starts with its status (measured: OUT_OF_RANGE for a truncated data file,
+# NOT_FOUND for a missing one). Other ValueErrors (a state of another
+# layout) are mistakes in the config or code, not damage, and stop the run.
+_DAMAGE_STATUSES = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS',
+                    'FAILED_PRECONDITION')
+
+
+def _is_damage(error: Exception) -> bool:
+  """Whether ``error`` (from restoring) means unreadable files."""
+  return (isinstance(error, (OSError, json.JSONDecodeError))
+          or str(error).startswith(_DAMAGE_STATUSES))
+
+
+def directory(workdir: str) -> str:
+  """``<workdir>/checkpoints``, absolute; a clear error for a URL scheme
+  orbax cannot write."""
+  storage.check(workdir, 'workdir')
+  return storage.absolute(storage.join(workdir, DIRNAME))
 
 
 def create_manager(workdir: str, config: ml_collections.ConfigDict, *,
@@ -31,8 +61,7 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict, *,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, read_only=read_only,
       create=not read_only)
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), DIRNAME), options=options)
+  return ocp.CheckpointManager(directory(workdir), options=options)
 
 
 def record(config: ml_collections.ConfigDict, extra: dict) -> dict:
@@ -44,13 +73,19 @@ def record(config: ml_collections.ConfigDict, extra: dict) -> dict:
 
 def check_compatible(manager: ocp.CheckpointManager,
                      config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError if the latest checkpoint is of another model or
-  dataset than ``config`` (a run continues only with what it started with).
-  """
-  step = manager.latest_step()
-  if step is None:
+  """Raises ValueError if the newest readable checkpoint is of another model
+  or dataset than ``config`` (a run continues only with what it started
+  with)."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      saved = restore_record(manager, step)
+      break
+    except (ValueError, OSError) as e:
+      if not _is_damage(e):
+        raise
+      continue  # ``restore`` deals with it
+  else:
     return
-  saved = restore_record(manager, step)
   want = record(config, {})
   diffs = [f'model.{k}: checkpoint {saved["model"].get(k)!r}, config {v!r}'
            for k, v in want['model'].items() if saved['model'].get(k) != v]
@@ -80,17 +115,57 @@ def save(manager: ocp.CheckpointManager, state: train_state.TrainState,
 
 
 def restore(manager: ocp.CheckpointManager, state: train_state.TrainState,
-            step: int | None = None) -> tuple[train_state.TrainState, Any]:
-  """The checkpoint at ``step`` (the latest), laid out like ``state`` (same
-  shardings), and its record.
+            *, move_damaged: bool = False
+            ) -> tuple[train_state.TrainState, Any]:
+  """The newest checkpoint that can be restored, laid out like ``state``
+  (same shardings), and its record. A damaged one is skipped with a
+  warning and, with ``move_damaged`` (training; not for read-only users),
+  moved aside.
 
   Raises:
-    ValueError: there is no checkpoint.
+    ValueError: there is no checkpoint, or none can be restored.
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     raise ValueError(f'No checkpoint in {manager.directory}: train first '
                      f'(python -m alexnet_jax.main) or check --workdir.')
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state), record=ocp.args.JsonRestore()))
-  return restored['state'], restored['record']
+  for step in steps:
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state),
+          record=ocp.args.JsonRestore()))
+      return restored['state'], restored['record']
+    except (ValueError, OSError) as e:
+      if not _is_damage(e):
+        raise
+      where = _move_aside(manager, step) if move_damaged else 'left in place'
+      logging.warning('Checkpoint %d in %s cannot be restored (%s: %.300s); '
+                      '%s. Trying the one before.', step, manager.directory,
+                      type(e).__name__, e, where)
+  raise ValueError(
+      f'None of the checkpoints in {manager.directory} (steps {steps}) can be '
+      f'restored; see the warnings above. '
+      + (f'They were moved to {_damaged_directory(manager)}. ' if move_damaged
+         else '')
+      + 'Put a good copy of a checkpoint back to continue, or start afresh '
+      'with a new --workdir.')
+
+
+def _damaged_directory(manager: ocp.CheckpointManager) -> str:
+  """``<workdir>/checkpoints_damaged``: beside the checkpoints, outside the
+  directory orbax lists steps in."""
+  return str(manager.directory) + '_damaged'
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves checkpoint ``step`` into ``checkpoints_damaged`` (process 0;
+  every process waits for it) and forgets it; returns where it went."""
+  target = storage.join(_damaged_directory(manager),
+                        f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+  if jax.process_index() == 0:
+    storage.makedirs(_damaged_directory(manager))
+    storage.rename(storage.join(str(manager.directory), str(step)), target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'checkpoint {step} moved aside')
+  manager.reload()
+  return f'moved to {target}'

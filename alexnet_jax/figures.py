@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import storage
 
 KERNELS_PER_ROW = 16
 
@@ -52,8 +53,7 @@ def save_kernels(kernel: np.ndarray, path: str) -> None:
   ax.imshow(grid, interpolation='nearest')
   ax.set_axis_off()
   ax.set_title('conv1 kernels, one block per tower')
-  fig.savefig(path, bbox_inches='tight')
-  plt.close(fig)
+  save(fig, path, bbox_inches='tight')
 
 
 def save_learning_curves(history: list[dict], path: str) -> None:
@@ -71,7 +71,13 @@ def save_learning_curves(history: list[dict], path: str) -> None:
     ax.set_yscale(scale)
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
+  save(fig, path)
+
+
+def save(fig, path: str, **kwargs) -> None:
+  """A PNG at ``path`` (a local path or a URL), then the figure closed."""
+  with storage.open_binary(path, 'wb') as f:
+    fig.savefig(f, format='png', **kwargs)
   plt.close(fig)
 
 

@@ -18,12 +18,12 @@ parallelized.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import storage
 from alexnet_jax import synthetic_shapes  # registers its tfds builder
 
 # tf.data only runs on the CPU here. A GPU build of TensorFlow (Colab's)
@@ -196,9 +196,10 @@ def dataset_builder(name: str, data_dir: str | None = None
     raise ValueError(f'Unknown dataset {name!r}; use one of {DATASETS}.')
   builder = tfds.builder(name, data_dir=data_dir)
   if name == 'imagenet2012' and not builder.is_prepared():
-    manual_dir = os.path.join(builder.data_dir_root, 'downloads', 'manual')
+    manual_dir = storage.join(str(builder.data_dir_root), 'downloads',
+                              'manual')
     missing = [f for f in IMAGENET_MANUAL_FILES
-               if not os.path.exists(os.path.join(manual_dir, f))]
+               if not storage.exists(storage.join(manual_dir, f))]
     if missing:
       raise ValueError(
           f'ImageNet must be downloaded by hand: put {", ".join(missing)} '

@@ -6,10 +6,15 @@
 Any config field can be overridden (``--config.batch_size=256``). Several
 hosts: start the same command on each with ``--coordinator_address``
 (process 0's ``host:port``), ``--num_processes`` and ``--process_id``; on
-TPU pods and SLURM these are detected.
+TPU pods and SLURM these are detected (see launch/).
+
+Exit status: 0 when the run is done; 75 (``train.EXIT_PREEMPTED``) when a
+SIGTERM stopped it after saving a checkpoint, so that a scheduler or a retry
+loop runs the same command again to continue; 1 on an error.
 """
 
 import logging as std_logging
+import sys
 
 from absl import app
 from absl import flags
@@ -46,7 +51,11 @@ def main(argv):
                                   FLAGS.initialization_timeout)
   logging.info('Process %d of %d; devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
-  train.train_and_evaluate(config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except train.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(train.EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':

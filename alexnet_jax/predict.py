@@ -9,7 +9,6 @@ Reads the run's ``config.json``; each image gets the paper's centre crop
 """
 
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -22,18 +21,18 @@ import tensorflow_datasets as tfds
 from alexnet_jax import checkpoint
 from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
+from alexnet_jax import storage
 from alexnet_jax import train
 
 FLAGS = flags.FLAGS
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, train.CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, train.CONFIG_FILE)
+  if not storage.exists(path):
     raise ValueError(f'{path} does not exist: --workdir must be a directory '
                      f'that python -m alexnet_jax.main trained in.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
 
 
 def load_images(paths, config: ml_collections.ConfigDict) -> np.ndarray:

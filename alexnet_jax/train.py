@@ -6,6 +6,13 @@ state, checkpoint, steps, then the loop: train steps, evaluation at the end
 of every epoch (and at the last step) feeding the plateau rule, checkpoints
 on an interval, at the end and on SIGTERM, and the figures at the end.
 
+A SIGTERM (a preempted VM, a scheduler's time limit) saves a checkpoint and
+raises ``Preempted``; ``python -m alexnet_jax.main`` then exits with
+``EXIT_PREEMPTED`` (75) so that a scheduler or wrapper runs the same command
+again, which continues the run. Several processes agree on the step to stop
+at through JAX's coordination service (its preemption sync point) without
+any per-step communication between hosts.
+
 The data position and the dropout key of step ``s`` are functions of ``s``
 (epoch ``s // steps_per_epoch``, batch ``s % steps_per_epoch`` of that
 epoch's shuffled order; dropout key ``fold_in(key, s)``), so the checkpoint
@@ -18,7 +25,6 @@ import contextlib
 import datetime
 import json
 import math
-import os
 import signal
 import tempfile
 import threading
@@ -26,6 +32,7 @@ import time
 
 from absl import logging
 from clu import metric_writers
+from clu import periodic_actions
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -40,9 +47,22 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import schedules
 from alexnet_jax import steps
+from alexnet_jax import storage
 
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
+# sysexits.h's EX_TEMPFAIL ("try again later"): stopped by SIGTERM after
+# saving; rerunning the same command continues the run.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+  """The run stopped early on SIGTERM, after saving checkpoint ``step``."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f'Stopped by SIGTERM at step {step}; checkpoint saved in '
+                     f'{directory}. Run the same command again to continue.')
+    self.step = step
 
 
 # --------------------------------------------------------------------------
@@ -69,17 +89,34 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                'keep_checkpoints'):
     if config[name] < 1:
       raise ValueError(f'{name}={config[name]} must be at least 1.')
+  if config.profile_steps < 0:
+    raise ValueError(f'profile_steps={config.profile_steps} must be 0 (no '
+                     f'profile) or the number of steps to trace.')
+  if config.input.data_dir:
+    storage.check(config.input.data_dir, 'input.data_dir')
   schedules.check_config(config)
 
 
+def check_profile(config: ml_collections.ConfigDict, start_step: int,
+                  total_steps: int) -> None:
+  """The profiled steps must fit in what is left of the run."""
+  end = start_step + config.profile_after_steps + config.profile_steps
+  if config.profile_steps and end > total_steps:
+    raise ValueError(
+        f'profile_steps={config.profile_steps} after profile_after_steps='
+        f'{config.profile_after_steps} warm-up steps from step {start_step} '
+        f'ends at step {end}, past the run\'s {total_steps} steps; profile '
+        f'fewer steps.')
+
+
 def prepare_workdir(workdir: str) -> str:
-  """Creates ``workdir`` if needed and checks that it takes files."""
+  """Creates ``workdir`` (a path or URL) if needed and checks that it takes
+  files; nothing is created for a URL scheme that cannot be written."""
   if not workdir:
     raise ValueError('A workdir is required: --workdir=/path/to/run.')
+  checkpoint.directory(workdir)  # the scheme checks
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
+    storage.check_writable(workdir)
   except OSError as e:
     raise ValueError(f'workdir {workdir!r} cannot be created or written '
                      f'({e}); pick a directory you can write to.') from e
@@ -171,34 +208,32 @@ def _host(tree):
 # --------------------------------------------------------------------------
 # Stopping: SIGTERM, and losses that are not finite.
 
-class _StopRequest:
-  """Set by SIGTERM; every process stops at the same step."""
-
-  def __init__(self):
-    self.requested = False
-
-  def agreed(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    flags = multihost_utils.process_allgather(np.int32(self.requested))
-    return bool(np.any(flags))
-
-
 @contextlib.contextmanager
-def _stop_on_sigterm():
-  stop = _StopRequest()
+def _preemption():
+  """Yields ``stop(step) -> bool``: whether to save and stop after
+  ``step``, the same answer on every process.
+
+  Several processes: JAX's runtime catches SIGTERM on any of them and its
+  coordination service picks a step that all reach; each process asks only
+  its local client, so no step waits for the other hosts. One process: a
+  Python handler sets a flag.
+  """
+  if jax.process_count() > 1:
+    yield multihost_utils.reached_preemption_sync_point
+    return
+  signalled = []
   if threading.current_thread() is not threading.main_thread():
-    yield stop  # signals reach only the main thread
+    yield lambda step: False  # signals reach only the main thread
     return
 
   def handler(signum, frame):
     del frame
     logging.warning('Signal %d: saving a checkpoint and stopping.', signum)
-    stop.requested = True
+    signalled.append(signum)
 
   previous = signal.signal(signal.SIGTERM, handler)
   try:
-    yield stop
+    yield lambda step: bool(signalled)
   finally:
     signal.signal(signal.SIGTERM, previous)
 
@@ -234,21 +269,18 @@ def read_history(workdir: str, up_to_step: float = math.inf) -> list[dict]:
   """The records of ``metrics.jsonl`` up to ``up_to_step``. A resumed run
   keeps those up to its restored step (later ones came from training that
   the checkpoint does not hold; they are redone)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, METRICS_FILE)
+  if not storage.exists(path):
     return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = [json.loads(line)
+             for line in storage.read_text(path).splitlines() if line.strip()]
   return [r for r in records if r['step'] <= up_to_step]
 
 
 def _write_history(workdir: str, history: list[dict]) -> None:
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, METRICS_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in history)
-  os.replace(path + '.tmp', path)
+  if jax.process_index() == 0:
+    storage.write_text(storage.join(workdir, METRICS_FILE),
+                       ''.join(json.dumps(r) + '\n' for r in history))
 
 
 def _save_figures(workdir: str, state, history: list[dict]) -> None:
@@ -258,34 +290,91 @@ def _save_figures(workdir: str, state, history: list[dict]) -> None:
   if jax.process_index() != 0:
     return
   figures.save_kernels(np.asarray(kernel),
-                       os.path.join(workdir, 'conv1_kernels.png'))
+                       storage.join(workdir, 'conv1_kernels.png'))
   if history:
     figures.save_learning_curves(
-        history, os.path.join(workdir, 'learning_curves.png'))
+        history, storage.join(workdir, 'learning_curves.png'))
 
 
 class _Progress:
-  """Logs step, loss, learning rate, images/sec and ETA."""
+  """Logs step, loss, learning rate, images/s, the input wait and ETA, and
+  writes images/s and the input wait to TensorBoard.
+
+  The input wait is the fraction of the loop's wall time spent waiting for
+  the next batch: near 0 when the devices set the pace, near 1 when the
+  input pipeline does. (clu's ``ReportProgress`` reports steps/s and time
+  fractions since the start, in a work-unit note; these are per interval.)
+  """
 
   def __init__(self, total_steps: int, batch_size: int,
-               steps_per_epoch: int, start_step: int):
+               steps_per_epoch: int, start_step: int, writer):
     self.total = total_steps
     self.batch = batch_size
     self.per_epoch = steps_per_epoch
+    self.writer = writer
     self.restart(start_step)
 
   def restart(self, step: int) -> None:
-    self.step, self.time = step, time.monotonic()
+    self.step, self.time, self.waited = step, time.monotonic(), 0.0
+
+  def timed(self, batches):
+    """``batches``, timing how long each one is waited for."""
+    batches = iter(batches)
+    while True:
+      start = time.monotonic()
+      item = next(batches, None)
+      self.waited += time.monotonic() - start
+      if item is None:
+        return
+      yield item
 
   def log(self, step: int, loss: float, top1_error: float, lr: float
           ) -> None:
-    rate = (step - self.step) * self.batch / (time.monotonic() - self.time)
+    elapsed = time.monotonic() - self.time
+    rate = (step - self.step) * self.batch / elapsed
+    wait = self.waited / elapsed
     eta = datetime.timedelta(
         seconds=round((self.total - step) * self.batch / max(rate, 1e-9)))
     logging.info('step %d/%d (epoch %.2f): loss %.4f, top-1 error %.3f, '
-                 'lr %.3g, %.1f img/s, ETA %s', step, self.total,
-                 step / self.per_epoch, loss, top1_error, lr, rate, eta)
+                 'lr %.3g, %.1f img/s, input wait %.0f%%, ETA %s', step,
+                 self.total, step / self.per_epoch, loss, top1_error, lr,
+                 rate, 100 * wait, eta)
+    self.writer.write_scalars(step, {'train_loss': loss, 'learning_rate': lr,
+                                     'images_per_sec': rate,
+                                     'input_wait_fraction': wait})
     self.restart(step)
+
+
+def _metric_writer(workdir: str) -> metric_writers.MetricWriter:
+  """Log lines, and on process 0 TensorBoard summaries in ``workdir``: clu's
+  default writer, built here since ``create_default_writer`` passes the
+  workdir through ``epath``, which opens fewer URL schemes than
+  TensorBoard's own writer (``tf.io.gfile``, as ``storage`` does)."""
+  writers = [metric_writers.LoggingWriter()]
+  if jax.process_index() == 0:
+    writers.append(metric_writers.SummaryWriter(workdir))
+  return metric_writers.AsyncMultiWriter(writers)
+
+
+def _profiler(config: ml_collections.ConfigDict, workdir: str,
+              start_step: int):
+  """clu's action that traces ``profile_steps`` steps after the warm-up
+  (process 0) into ``<workdir>/plugins/profile`` for TensorBoard's profile
+  plugin or Perfetto; ``None`` when off."""
+  if not config.profile_steps or jax.process_index() != 0:
+    return None
+  logdir = workdir
+  if storage.scheme(workdir):
+    # The profiler writes through XLA's own file layer, which knows local
+    # paths only: trace locally, say where.
+    logdir = tempfile.mkdtemp(prefix='alexnet_profile_')
+    logging.warning('The profile goes to %s (copy it next to %s to view it '
+                    'there).', logdir, workdir)
+  return periodic_actions.Profile(
+      logdir=logdir, num_profile_steps=config.profile_steps,
+      profile_duration_ms=None,
+      first_profile=start_step + config.profile_after_steps,
+      every_steps=None, every_secs=None)
 
 
 # --------------------------------------------------------------------------
@@ -319,6 +408,7 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
       jax.process_count())
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
+  check_profile(config, manager.latest_step() or 0, total_steps)
 
   # ---- Model and state: born sharded, then the latest checkpoint if any.
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
@@ -327,7 +417,7 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
   # Train-loss sum and count of the current epoch, for metrics.jsonl.
   epoch_loss = [0.0, 0]
   if manager.latest_step() is not None:
-    state, record = checkpoint.restore(manager, state)
+    state, record = checkpoint.restore(manager, state, move_damaged=True)
     plateau.restore(record['plateau'])
     epoch_loss = record['epoch_loss']
     logging.info('Resumed from step %d of %s.', int(state.step),
@@ -335,8 +425,8 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
   start_step = int(state.step)
   history = read_history(workdir, start_step)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-      f.write(config.to_json(indent=2))
+    storage.write_text(storage.join(workdir, CONFIG_FILE),
+                       config.to_json(indent=2))
   logging.info('%s: %d parameters, mesh %s, steps %d to %d (%d per epoch) '
                'of batch %d.', config.input.dataset,
                models.num_params(state.params), dict(mesh.shape), start_step,
@@ -345,22 +435,24 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
   # ---- Steps and writers.
   train_step = parallel.make_train_step(mesh, state)
   eval_step = parallel.make_eval_step(mesh, state)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writer = _metric_writer(workdir)
   progress = _Progress(total_steps, config.batch_size, steps_per_epoch,
-                       start_step)
+                       start_step, writer)
+  profile = _profiler(config, workdir, start_step)
 
   # ---- Loop.
   pending = []  # this step's and earlier metrics not yet fetched
-  with _stop_on_sigterm() as stop:
-    for step, images, labels in train_batches(
-        config, builder, mesh, start_step, total_steps, steps_per_epoch):
+  with _preemption() as preempted:
+    for step, images, labels in progress.timed(train_batches(
+        config, builder, mesh, start_step, total_steps, steps_per_epoch)):
       state, metrics = train_step(state, images, labels,
                                   jax.random.fold_in(dropout_rng, step))
       pending.append(metrics)
       done = step + 1
+      if profile:
+        profile(done)
       end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
-      stopping = stop.agreed()
+      stopping = preempted(done)
       saving = (done == total_steps or stopping
                 or done % config.checkpoint_every_steps == 0)
       if done % config.log_every_steps == 0 or end_of_epoch or saving:
@@ -372,7 +464,6 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
         lr = float(_host(steps.learning_rate(state)))
         progress.log(done, loss,
                      float(np.mean([m['top1_error'] for m in fetched])), lr)
-        writer.write_scalars(done, {'train_loss': loss, 'learning_rate': lr})
         pending = []
       if end_of_epoch:
         record = {'step': done, 'epoch': done / steps_per_epoch,
@@ -398,7 +489,8 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
         _save(manager, state, config, plateau=plateau.state(),
               epoch_loss=epoch_loss)
       if stopping:
-        break
+        writer.flush()
+        raise Preempted(done, manager.directory)
   writer.flush()
   if int(state.step) == total_steps:
     _finish(config, workdir, state, mesh, builder, eval_step, history)

@@ -73,4 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # > 0: a jax.profiler trace of this many steps, taken on process 0 after
+  # profile_after_steps steps of warm-up (compilation, input start-up), into
+  # <workdir>/plugins/profile (TensorBoard's profile tab, or Perfetto).
+  config.profile_steps = 0
+  config.profile_after_steps = 10
   return config

@@ -36,7 +36,9 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
+from alexnet_jax import figures
 from alexnet_jax import parallel
+from alexnet_jax import storage
 from alexnet_jax import train
 
 # name -> (what the paper reports, [(variant, model overrides), ...]).
@@ -81,7 +83,7 @@ def run(base: ml_collections.ConfigDict, workdir: str, names, seeds: int
         # The paper's setting is the same config in every ablation (and a
         # variant may equal the base): train it once, report it in each.
         if config.to_json() not in trained:
-          trained[config.to_json()] = _train(config, os.path.join(
+          trained[config.to_json()] = _train(config, storage.join(
               workdir, name, re.sub(r'[^A-Za-z0-9.]+', '_', variant),
               f'seed{seed}'))
         results.append({'ablation': name, 'variant': variant, 'seed': seed,
@@ -166,21 +168,23 @@ def plot(results: list[dict], path: str) -> None:
         ax.grid(alpha=0.3)
     row[-1].legend()
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   parallel.split_cpu(FLAGS.config)
-  results = run(FLAGS.config, FLAGS.workdir, FLAGS.ablations, FLAGS.seeds)
+  try:
+    results = run(FLAGS.config, FLAGS.workdir, FLAGS.ablations, FLAGS.seeds)
+  except train.Preempted as e:  # the same command continues (train.py)
+    print(e)
+    sys.exit(train.EXIT_PREEMPTED)
   rows = summarize(results)
-  with open(os.path.join(FLAGS.workdir, 'results.json'), 'w') as f:
-    json.dump({'runs': results, 'summary': rows}, f, indent=1)
-  with open(os.path.join(FLAGS.workdir, 'results.md'), 'w') as f:
-    f.write(markdown(rows))
-  plot(results, os.path.join(FLAGS.workdir, 'curves.png'))
+  storage.write_text(storage.join(FLAGS.workdir, 'results.json'), json.dumps(
+      {'runs': results, 'summary': rows}, indent=1))
+  storage.write_text(storage.join(FLAGS.workdir, 'results.md'), markdown(rows))
+  plot(results, storage.join(FLAGS.workdir, 'curves.png'))
   print(markdown(rows))
 
 

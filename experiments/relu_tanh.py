@@ -37,9 +37,11 @@ import numpy as np
 import optax
 from ml_collections import config_flags
 
+from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import steps
+from alexnet_jax import storage
 
 
 class FourLayerNet(nn.Module):
@@ -162,13 +164,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'curves': curves,
         'epochs': [epochs_to_target(c, config.target_train_error)
                    for c in curves]}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(markdown(results, config.target_train_error))
+  storage.makedirs(workdir)
+  storage.write_text(storage.join(workdir, 'results.json'),
+                     json.dumps(results, indent=1))
+  storage.write_text(storage.join(workdir, 'results.md'),
+                     markdown(results, config.target_train_error))
   save_figure(results, config.target_train_error,
-              os.path.join(workdir, 'relu_tanh.png'))
+              storage.join(workdir, 'relu_tanh.png'))
   return results
 
 
@@ -200,8 +202,7 @@ def save_figure(results: dict, target: float, path: str) -> None:
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def main(argv):

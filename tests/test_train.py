@@ -4,12 +4,18 @@ validation images), on a 2x2 mesh of CPU devices (towers split)."""
 
 import json
 import os
+import pathlib
+import re
+import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import PIL.Image
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from ml_collections import config_flags
 from absl import flags
@@ -22,6 +28,7 @@ from alexnet_jax import train
 from alexnet_jax.synthetic_shapes import SHAPES
 from configs import default
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
@@ -103,8 +110,10 @@ def test_stop_and_resume_ends_where_an_uninterrupted_run_does(
       yield item
 
   monkeypatch.setattr(train, 'train_batches', sigterm_at_step_27)
-  stopped = train.train_and_evaluate(config, workdir)
-  assert int(stopped.step) == 28  # the signal's step finished, then saved
+  with pytest.raises(train.Preempted, match='at step 28') as stopped:
+    train.train_and_evaluate(config, workdir)
+  assert stopped.value.step == 28  # the signal's step finished, then saved
+  assert checkpoint.create_manager(workdir, config).latest_step() == 28
   monkeypatch.setattr(train, 'train_batches', batches)
   got = train.train_and_evaluate(config, workdir)
   for g, w in zip(leaves(got), leaves(want)):
@@ -155,6 +164,7 @@ def test_a_different_model_in_the_workdir_is_refused_untouched(
     (dict(model=dict(towers=3)), r'towers must be 2'),
     (dict(num_epochs=0), r'num_epochs=0 and num_train_steps=-1'),
     (dict(input=dict(resize=60)), r'input.resize=60 is smaller'),
+    (dict(profile_steps=-1), r'profile_steps=-1 must be 0'),
 ])
 def test_bad_configs_fail_before_any_work(tmp_path, change, match):
   config = tiny_config(str(tmp_path / 'data'))
@@ -266,3 +276,197 @@ def test_nearest_neighbours_by_euclidean_distance():
   np.testing.assert_array_equal(
       predict.nearest_neighbours(queries, pool, k=3),
       [[2, 0, 3], [3, 0, 2]])
+
+
+def scalar_tags(workdir):
+  tags = set()
+  for name in tf.io.gfile.listdir(workdir):
+    if name.startswith('events.out.tfevents'):
+      for event in tf.compat.v1.train.summary_iterator(
+          train.storage.join(workdir, name)):
+        tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
+def test_tensorboard_gets_images_per_second_and_the_input_wait(full_run):
+  _, workdir, _ = full_run
+  assert {'train_loss', 'learning_rate', 'images_per_sec',
+          'input_wait_fraction', 'eval_top1_error'} <= scalar_tags(workdir)
+
+
+def damage(checkpoint_dir, how):
+  """Truncates or removes every array data file of one checkpoint."""
+  data = [p for p in checkpoint_dir.rglob('*')
+          if p.is_file() and p.parent.name == 'd']
+  assert data
+  for path in data:
+    if how == 'truncate':
+      with open(path, 'r+b') as f:
+        f.truncate(path.stat().st_size // 2)
+    else:
+      path.unlink()
+
+
+@pytest.mark.parametrize('how', ['truncate', 'remove'])
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_goes_on(
+    full_run, tmp_path, how):
+  config, full_workdir, want = full_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(full_workdir, workdir)
+  damage(workdir / 'checkpoints' / '36', how)
+  got = train.train_and_evaluate(config, str(workdir))
+  # Resumed from step 35 and redid step 36: the uninterrupted run's result.
+  for g, w in zip(leaves(got), leaves(want)):
+    np.testing.assert_array_equal(g, w)
+  (aside,) = (workdir / 'checkpoints_damaged').iterdir()
+  assert aside.name.startswith('36.')
+  assert (aside / 'state').is_dir()  # moved, not deleted
+  manager = checkpoint.create_manager(str(workdir), config)
+  assert manager.all_steps() == [30, 35, 36]
+
+
+def test_no_restorable_checkpoint_stops_with_one_clear_message(
+    full_run, tmp_path):
+  config, full_workdir, _ = full_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(full_workdir, workdir)
+  for step in ('30', '35', '36'):
+    damage(workdir / 'checkpoints' / step, 'remove')
+  with pytest.raises(ValueError, match=r'None of the checkpoints in .*run/'
+                     r'checkpoints \(steps \[36, 35, 30\]\) can be restored.*'
+                     r'moved to .*checkpoints_damaged.*new --workdir'):
+    train.train_and_evaluate(config, str(workdir))
+  assert len(list((workdir / 'checkpoints_damaged').iterdir())) == 3
+
+
+def test_a_checkpoint_of_another_layout_is_an_error_not_damage(
+    full_run, tmp_path):
+  # The full run's optimizer state has no schedule state; a cosine schedule
+  # has one. That is the config's mistake: nothing may be moved aside.
+  config, full_workdir, _ = full_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(full_workdir, workdir)
+  other = tiny_config(config.input.data_dir, schedule='cosine')
+  with pytest.raises(ValueError, match='partial_restore'):
+    train.train_and_evaluate(other, str(workdir))
+  assert not (workdir / 'checkpoints_damaged').exists()
+  assert checkpoint.create_manager(str(workdir), config).all_steps() == [
+      30, 35, 36]
+
+
+def test_evaluation_skips_a_damaged_checkpoint_without_moving_it(
+    full_run, tmp_path):
+  config, full_workdir, _ = full_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(full_workdir, workdir)
+  damage(workdir / 'checkpoints' / '36', 'truncate')
+  manager = checkpoint.create_manager(str(workdir), config, read_only=True)
+  state, _ = checkpoint.restore(manager, train.create_state(
+      config, train.parallel.make_mesh(config), jax.random.key(0)))
+  assert int(state.step) == 35
+  assert (workdir / 'checkpoints' / '36').is_dir()
+  assert not (workdir / 'checkpoints_damaged').exists()
+
+
+def test_a_url_workdir_gets_every_file_and_nothing_local(
+    data_dir, tmp_path, monkeypatch):
+  # TensorFlow's in-memory file system stands in for a bucket. Orbax opens
+  # only local paths and gs:// (TensorStore), so here alone its directory
+  # is a local one; everything the project writes itself goes to the URL.
+  workdir = f'ram://{tmp_path.name}/run'
+  checkpoints = tmp_path / 'checkpoints'
+  asked = []
+
+  def local_checkpoints(path):
+    asked.append(path)
+    return str(checkpoints)
+
+  monkeypatch.setattr(checkpoint, 'directory', local_checkpoints)
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  config = tiny_config(data_dir, num_train_steps=3, log_every_steps=1)
+  config.input.ten_crop_eval = False
+  train.train_and_evaluate(config, workdir)
+  assert set(asked) == {workdir}
+  names = set(tf.io.gfile.listdir(workdir))
+  assert {'metrics.jsonl', 'config.json', 'conv1_kernels.png',
+          'learning_curves.png'} <= names
+  assert 'images_per_sec' in scalar_tags(workdir)
+  assert [r['step'] for r in train.read_history(workdir)] == [3]
+  assert predict.load_config(workdir).model == config.model
+  # A longer run continues there, reading its metrics back.
+  config.num_train_steps = 5
+  train.train_and_evaluate(config, workdir)
+  assert [r['step'] for r in train.read_history(workdir)] == [3, 5]
+  assert list(cwd.iterdir()) == []
+  assert (checkpoints / '5').is_dir()
+
+
+@pytest.mark.parametrize('field,url,match', [
+    ('workdir', 's3://bucket/run', r"workdir 's3://bucket/run': s3:// is not "
+     r'supported \(checkpoints and datasets open local paths and gs:// only\);'
+     r' mount the bucket'),
+    ('workdir', 'ram://bucket/run', r'ram:// is not supported'),
+    ('data_dir', 'ftp://host/tfds', r"input.data_dir 'ftp://host/tfds': "
+     r'ftp:// is not supported'),
+])
+def test_a_url_that_cannot_be_opened_is_refused_before_any_work(
+    tmp_path, monkeypatch, field, url, match):
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(url if field == 'data_dir' else str(tmp_path / 'data'))
+  workdir = url if field == 'workdir' else str(tmp_path / 'run')
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, workdir)
+  assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/run, no data
+
+
+def test_a_profile_longer_than_the_run_is_refused_before_training(
+    data_dir, tmp_path):
+  config = tiny_config(data_dir, num_train_steps=12, profile_steps=5)
+  with pytest.raises(ValueError, match=r'profile_steps=5 after profile_after'
+                     r"_steps=10 .* ends at step 15, past the run's 12 steps"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'metrics.jsonl').exists()
+  assert not list((tmp_path / 'checkpoints').iterdir())
+
+
+def test_a_profile_trace_is_written_into_the_workdir(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_train_steps=4, profile_steps=2,
+                       profile_after_steps=1)
+  config.input.ten_crop_eval = False
+  train.train_and_evaluate(config, str(tmp_path))
+  traces = list((tmp_path / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_sigterm_exits_75_and_the_same_command_continues(data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  command = [sys.executable, '-m', 'alexnet_jax.main',
+             '--config=configs/default.py', f'--workdir={workdir}',
+             '--config.input.dataset=synthetic_shapes/tiny',
+             f'--config.input.data_dir={data_dir}',
+             '--config.model.width=0.125', '--config.batch_size=16',
+             '--config.num_train_steps=300', '--config.log_every_steps=2',
+             '--config.input.ten_crop_eval=False']
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  lines = []
+  for line in proc.stdout:  # the first progress line: training is under way
+    lines.append(line)
+    if re.search(r'step \d+/300', line):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = ''.join(lines) + proc.communicate(timeout=300)[0]
+  assert proc.returncode == train.EXIT_PREEMPTED, out[-3000:]
+  step = int(re.search(r'Stopped by SIGTERM at step (\d+)', out).group(1))
+  assert 0 < step < 300 and (workdir / 'checkpoints' / str(step)).is_dir()
+  # Run to the end from there (a shorter run, for time: same command).
+  done = subprocess.run(
+      command[:-3] + [f'--config.num_train_steps={step + 2}',
+                      '--config.input.ten_crop_eval=False'],
+      cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f'Resumed from step {step}' in done.stderr
+  assert history(workdir)[-1]['step'] == step + 2
