@@ -11,9 +11,12 @@ that record with the config, so that a mistyped ``--workdir`` or config
 fails at once instead of overwriting another experiment.
 
 A checkpoint that cannot be restored (a file truncated or lost, e.g. by a
-machine that died while copying the workdir) is skipped: training moves it
-aside into ``<workdir>/checkpoints_damaged`` (never deleting it) and
-continues from the newest good one.
+machine that died while copying the workdir) is skipped: once an older one
+is restored, training moves the damaged ones aside into
+``<workdir>/checkpoints_damaged`` (never deleting them) and continues. With
+several processes this assumes they fail alike (shared storage, each
+reading the damaged files); a process that reads only undamaged shards
+would wait at orbax's barrier until it times out.
 """
 
 from __future__ import annotations
@@ -34,16 +37,17 @@ from alexnet_jax import storage
 DIRNAME = 'checkpoints'
 # TensorStore reports a file it cannot read as a ValueError whose message
 # starts with its status (measured: OUT_OF_RANGE for a truncated data file,
-# NOT_FOUND for a missing one). Other ValueErrors (a state of another
-# layout) are mistakes in the config or code, not damage, and stop the run.
-_DAMAGE_STATUSES = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS',
-                    'FAILED_PRECONDITION')
+# NOT_FOUND for a missing one; DATA_LOSS is its status for corrupt
+# contents). Other errors (a state of another layout, a permission, the
+# network) are not damage: they stop the run and move nothing.
+_DAMAGE_STATUSES = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS')
 
 
 def _is_damage(error: Exception) -> bool:
   """Whether ``error`` (from restoring) means unreadable files."""
-  return (isinstance(error, (OSError, json.JSONDecodeError))
-          or str(error).startswith(_DAMAGE_STATUSES))
+  return (isinstance(error, (FileNotFoundError, json.JSONDecodeError))
+          or (isinstance(error, ValueError)
+              and str(error).startswith(_DAMAGE_STATUSES)))
 
 
 def directory(workdir: str) -> str:
@@ -119,53 +123,52 @@ def restore(manager: ocp.CheckpointManager, state: train_state.TrainState,
             ) -> tuple[train_state.TrainState, Any]:
   """The newest checkpoint that can be restored, laid out like ``state``
   (same shardings), and its record. A damaged one is skipped with a
-  warning and, with ``move_damaged`` (training; not for read-only users),
-  moved aside.
+  warning; with ``move_damaged`` (training, not read-only users) the
+  skipped ones are moved aside once an older one is restored.
 
   Raises:
-    ValueError: there is no checkpoint, or none can be restored.
+    ValueError: there is no checkpoint, or none can be restored (then
+      nothing is moved, so that the same command cannot start afresh over
+      the run).
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     raise ValueError(f'No checkpoint in {manager.directory}: train first '
                      f'(python -m alexnet_jax.main) or check --workdir.')
+  damaged = []
   for step in steps:
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(state),
           record=ocp.args.JsonRestore()))
-      return restored['state'], restored['record']
     except (ValueError, OSError) as e:
       if not _is_damage(e):
         raise
-      where = _move_aside(manager, step) if move_damaged else 'left in place'
       logging.warning('Checkpoint %d in %s cannot be restored (%s: %.300s); '
-                      '%s. Trying the one before.', step, manager.directory,
-                      type(e).__name__, e, where)
+                      'trying the one before.', step, manager.directory,
+                      type(e).__name__, e)
+      damaged.append(step)
+      continue
+    if move_damaged:
+      for bad in damaged:
+        _move_aside(manager, bad)
+    return restored['state'], restored['record']
   raise ValueError(
       f'None of the checkpoints in {manager.directory} (steps {steps}) can be '
-      f'restored; see the warnings above. '
-      + (f'They were moved to {_damaged_directory(manager)}. ' if move_damaged
-         else '')
-      + 'Put a good copy of a checkpoint back to continue, or start afresh '
-      'with a new --workdir.')
+      f'restored (see the warnings above); nothing was moved. Put back good '
+      f'copies of their files to continue, or start afresh with a new '
+      f'--workdir.')
 
 
-def _damaged_directory(manager: ocp.CheckpointManager) -> str:
-  """``<workdir>/checkpoints_damaged``: beside the checkpoints, outside the
-  directory orbax lists steps in."""
-  return str(manager.directory) + '_damaged'
-
-
-def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
-  """Moves checkpoint ``step`` into ``checkpoints_damaged`` (process 0;
-  every process waits for it) and forgets it; returns where it went."""
-  target = storage.join(_damaged_directory(manager),
-                        f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  """Moves checkpoint ``step`` into ``<workdir>/checkpoints_damaged``
+  (process 0; every process waits for it) and forgets it."""
+  damaged = str(manager.directory) + '_damaged'  # outside orbax's listing
   if jax.process_index() == 0:
-    storage.makedirs(_damaged_directory(manager))
+    target = storage.join(damaged, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+    storage.makedirs(damaged)
     storage.rename(storage.join(str(manager.directory), str(step)), target)
+    logging.warning('Moved damaged checkpoint %d to %s.', step, target)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'checkpoint {step} moved aside')
   manager.reload()
-  return f'moved to {target}'

@@ -102,6 +102,11 @@ def write_text(path: str, text: str) -> None:
   tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
+def read_bytes(path: str) -> bytes:
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return f.read()
+
+
 def open_binary(path: str, mode: str = 'rb'):
   """A file object (figures are written through it)."""
   return tf.io.gfile.GFile(path, mode)

@@ -92,21 +92,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.profile_steps < 0:
     raise ValueError(f'profile_steps={config.profile_steps} must be 0 (no '
                      f'profile) or the number of steps to trace.')
+  if config.profile_after_steps < 1:
+    raise ValueError(f'profile_after_steps={config.profile_after_steps} must '
+                     f'be at least 1 (the first steps compile).')
   if config.input.data_dir:
     storage.check(config.input.data_dir, 'input.data_dir')
   schedules.check_config(config)
 
 
-def check_profile(config: ml_collections.ConfigDict, start_step: int,
-                  total_steps: int) -> None:
-  """The profiled steps must fit in what is left of the run."""
-  end = start_step + config.profile_after_steps + config.profile_steps
+def check_profile(config: ml_collections.ConfigDict, total_steps: int
+                  ) -> None:
+  """The profiled steps must fit in the run."""
+  end = config.profile_after_steps + config.profile_steps
   if config.profile_steps and end > total_steps:
     raise ValueError(
         f'profile_steps={config.profile_steps} after profile_after_steps='
-        f'{config.profile_after_steps} warm-up steps from step {start_step} '
-        f'ends at step {end}, past the run\'s {total_steps} steps; profile '
-        f'fewer steps.')
+        f'{config.profile_after_steps} warm-up steps ends at step {end}, past '
+        f'the run\'s {total_steps} steps; profile fewer steps.')
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -347,9 +349,11 @@ class _Progress:
 
 def _metric_writer(workdir: str) -> metric_writers.MetricWriter:
   """Log lines, and on process 0 TensorBoard summaries in ``workdir``: clu's
-  default writer, built here since ``create_default_writer`` passes the
-  workdir through ``epath``, which opens fewer URL schemes than
-  TensorBoard's own writer (``tf.io.gfile``, as ``storage`` does)."""
+  default writer, built here because ``create_default_writer`` passes the
+  workdir through ``epath``, which refuses schemes it does not know, such as
+  the in-memory ``ram://`` that the tests use for a URL workdir
+  (``gs://`` works either way); TensorBoard's own writer opens what
+  ``storage`` opens (``tf.io.gfile``)."""
   writers = [metric_writers.LoggingWriter()]
   if jax.process_index() == 0:
     writers.append(metric_writers.SummaryWriter(workdir))
@@ -357,11 +361,17 @@ def _metric_writer(workdir: str) -> metric_writers.MetricWriter:
 
 
 def _profiler(config: ml_collections.ConfigDict, workdir: str,
-              start_step: int):
+              start_step: int, total_steps: int):
   """clu's action that traces ``profile_steps`` steps after the warm-up
   (process 0) into ``<workdir>/plugins/profile`` for TensorBoard's profile
-  plugin or Perfetto; ``None`` when off."""
+  plugin or Perfetto; ``None`` when off, or when a resumed run has too few
+  steps left (each start of a run takes its own trace)."""
   if not config.profile_steps or jax.process_index() != 0:
+    return None
+  first = start_step + config.profile_after_steps
+  if first + config.profile_steps > total_steps:
+    logging.warning('No profile: steps %d to %d are past the run\'s end.',
+                    first, first + config.profile_steps)
     return None
   logdir = workdir
   if storage.scheme(workdir):
@@ -373,7 +383,7 @@ def _profiler(config: ml_collections.ConfigDict, workdir: str,
   return periodic_actions.Profile(
       logdir=logdir, num_profile_steps=config.profile_steps,
       profile_duration_ms=None,
-      first_profile=start_step + config.profile_after_steps,
+      first_profile=first,
       every_steps=None, every_secs=None)
 
 
@@ -408,7 +418,7 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
       jax.process_count())
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
-  check_profile(config, manager.latest_step() or 0, total_steps)
+  check_profile(config, total_steps)
 
   # ---- Model and state: born sharded, then the latest checkpoint if any.
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
@@ -438,7 +448,7 @@ def _run(config, workdir, mesh, manager) -> train_state.TrainState:
   writer = _metric_writer(workdir)
   progress = _Progress(total_steps, config.batch_size, steps_per_epoch,
                        start_step, writer)
-  profile = _profiler(config, workdir, start_step)
+  profile = _profiler(config, workdir, start_step, total_steps)
 
   # ---- Loop.
   pending = []  # this step's and earlier metrics not yet fetched

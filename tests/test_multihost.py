@@ -435,19 +435,23 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step(tmp_path):
            '--config.input.dataset=synthetic_shapes/tiny',
            f'--config.input.data_dir={tmp_path / "data"}',
            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'alexnet_jax.main', *flags, f'--process_id={i}'],
-      env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  log1 = tmp_path / 'process1.log'  # a file: nobody reads its pipe early
+  with open(log1, 'w') as out1:
+    procs = [subprocess.Popen(
+        [sys.executable, '-m', 'alexnet_jax.main', *flags,
+         f'--process_id={i}'],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
+        stdout=subprocess.PIPE if i == 0 else out1,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
   lines = []
   for line in procs[0].stdout:  # training is under way
     lines.append(line)
     if re.search(r'step \d+/1000', line):
       procs[1].send_signal(signal.SIGTERM)  # process 1 only
       break
-  outs = [''.join(lines) + procs[0].communicate(timeout=300)[0],
-          procs[1].communicate(timeout=300)[0]]
+  outs = [''.join(lines) + procs[0].communicate(timeout=300)[0]]
+  procs[1].wait(timeout=300)
+  outs.append(log1.read_text())
   stops = []
   for proc, out in zip(procs, outs):
     assert proc.returncode == 75, out[-3000:]
