@@ -11,15 +11,23 @@ mesh, backend and the model settings. The step is the split step of
 on each device; on CPU, ``JAX_NUM_CPU_DEVICES=2`` makes two devices).
 ``--lrn_share`` also compiles the same net without LRN, alternates steps of
 the two so that both see the same machine load, and reports ``lrn_share``,
-the fraction of the step the LRN costs. ``--part=input`` times the training
-augmentation alone (``input_pipeline.augmented_examples``) on all cores.
+the fraction of the step the LRN costs.
+
+``--part=input`` times the training input alone, on all cores, from
+ImageNet-sized JPEGs to batches on the devices: ``--config.input.source=tfds``
+(the tf.data augmentation of each original image, float32 out) or
+``=prepared`` (a store made first in a temporary directory, in
+``--config.input.store_format=jpeg|raw``; uint8 patches out). Its JSON line
+has images_per_sec, images_per_sec_per_core and bytes_to_device_per_image.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
+import tempfile
 import time
 
 import jax
@@ -31,6 +39,8 @@ from ml_collections import config_flags
 
 from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
+from alexnet_jax import prepare
+from alexnet_jax import prepared
 from alexnet_jax import steps
 from alexnet_jax import synthetic_shapes
 
@@ -45,6 +55,11 @@ _PART = flags.DEFINE_enum(
 # ImageNet's typical photo is about 500x375.
 INPUT_JPEG_SHAPE = (375, 500)
 INPUT_DISTINCT_JPEGS = 64
+# The store the prepared input is timed on holds at least this many
+# examples, and enough for the timed batches to be one pass (an epoch's
+# start, 0.14 s for a JPEG store, is negligible in ImageNet's 10,000 batches
+# but not in a benchmark's 100).
+INPUT_STORE_EXAMPLES = 2_048
 
 
 class _Runner:
@@ -130,32 +145,86 @@ def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
 
 
 def benchmark_input(config, steps: int, warmup: int) -> dict:
-  """Times the paper's training augmentation (decode the patch, resize,
-  flip, PCA colour, mean) on ImageNet-sized JPEGs made here, on all cores."""
+  """Times the training input from ImageNet-sized JPEGs made here to
+  batches on the devices (``global_batch``, the transfer included), on all
+  cores: ``input.source='tfds'`` runs the paper's augmentation per original
+  image (float32 batches); ``'prepared'`` first makes a store of
+  a store of them in a temporary directory (in ``input.store_format``),
+  then reads uint8 patches from it."""
   _check_counts(steps, warmup)
   rng = np.random.default_rng(config.seed)
   jpegs = [synthetic_shapes.encode_jpeg(synthetic_shapes.background(
       rng, *INPUT_JPEG_SHAPE)) for _ in range(INPUT_DISTINCT_JPEGS)]
-  crop_size = config.model.image_size
-  ds = tf.data.Dataset.from_tensor_slices(
-      {'image': jpegs, 'label': np.zeros(len(jpegs), np.int32)}).repeat()
-  ds = input_pipeline.augmented_examples(
-      ds, config.seed, crop_size=crop_size, resize=config.input.resize,
-      crop=config.input.crop, pca_stddev=config.input.pca_stddev)
-  batches = iter(ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
-  for _ in range(warmup):
-    next(batches)
-  start = time.perf_counter()
-  for _ in range(steps):
-    next(batches)
-  seconds = time.perf_counter() - start
+  mesh = parallel.make_mesh(config)
+  with tempfile.TemporaryDirectory() as directory:
+    if config.input.source == 'prepared':
+      examples = max(INPUT_STORE_EXAMPLES,
+                     (warmup + steps + 1) * config.batch_size)
+      store = _make_store(config, jpegs, directory, examples)
+      batches = _store_batches(config, store)
+      keys = ('image', 'label', 'flip', 'pca_alpha')
+      extra = {'store_bytes_per_image': round(
+          store.file_bytes(config.input.train_split)
+          / store.size(config.input.train_split))}
+    else:
+      ds = tf.data.Dataset.from_tensor_slices(
+          {'image': jpegs, 'label': np.zeros(len(jpegs), np.int32)}).repeat()
+      ds = input_pipeline.augmented_examples(
+          ds, config.seed, crop_size=config.model.image_size,
+          resize=config.input.resize, crop=config.input.crop,
+          pca_stddev=config.input.pca_stddev)
+      batches = ds.batch(config.batch_size).prefetch(
+          tf.data.AUTOTUNE).as_numpy_iterator()
+      keys = ('image', 'label')
+      extra = {}
+    batches = iter(batches)
+    first = next(batches)
+
+    def to_devices():
+      batch = next(batches)
+      jax.block_until_ready(parallel.global_batch(
+          mesh, *(batch[k] for k in keys)))
+    for _ in range(warmup):
+      to_devices()
+    start = time.perf_counter()
+    for _ in range(steps):
+      to_devices()
+    seconds = time.perf_counter() - start
   cores = len(os.sched_getaffinity(0))
   per_sec = steps * config.batch_size / seconds
-  return dict(part='input', images_per_sec=round(per_sec, 1),
+  per_image = lambda names: sum(first[k].nbytes for k in names) // len(
+      first['label'])
+  return dict(part='input', source=config.input.source,
+              store_format=(config.input.store_format
+                            if config.input.source == 'prepared' else None),
+              images_per_sec=round(per_sec, 1),
               images_per_sec_per_core=round(per_sec / cores, 1), cores=cores,
-              batch_size=config.batch_size, image_size=crop_size,
+              bytes_to_device_per_image=per_image(keys),
+              image_bytes_to_device_per_image=per_image(('image',)),
+              image_dtype=str(first['image'].dtype),
+              batch_size=config.batch_size, image_size=config.model.image_size,
               crop=config.input.crop, jpeg_shape=list(INPUT_JPEG_SHAPE),
-              steps=steps)
+              devices=mesh.size, steps=steps, **extra)
+
+
+def _make_store(config, jpegs, directory, examples: int) -> prepared.Store:
+  """A store made in ``directory`` from ``examples`` images cycling through
+  ``jpegs``, as ``python -m alexnet_jax.prepare`` makes one."""
+  wanted = prepared.settings(config)
+  split = config.input.train_split
+  images = [jpegs[i % len(jpegs)] for i in range(examples)]
+  prepare.build(directory, wanted, prepare.ListSource({split: images}),
+                {split: len(images)})
+  return prepared.Store(directory, wanted, (split,))
+
+
+def _store_batches(config, store: prepared.Store):
+  """Endless training batches of ``store``, epoch after epoch."""
+  for epoch in itertools.count():
+    yield from prepared.train_batches(
+        store, config.input.train_split, global_batch_size=config.batch_size,
+        crop_size=config.model.image_size, seed=config.seed, epoch=epoch,
+        pca_stddev=config.input.pca_stddev)
 
 
 def main(argv):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import signal
@@ -40,16 +41,21 @@ import ml_collections
 import numpy as np
 from flax.training import train_state
 
+from alexnet_jax import augment
 from alexnet_jax import checkpoint
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import prepared
 from alexnet_jax import schedules
 from alexnet_jax import steps
 from alexnet_jax import storage
 
 METRICS_FILE = 'metrics.jsonl'
+# Where batches come from: tfds's original images, augmented by tf.data, or
+# the prepared store's squares (``prepared.py``, ``augment.py``).
+SOURCES = ('tfds', 'prepared')
 CONFIG_FILE = 'config.json'
 # sysexits.h's EX_TEMPFAIL ("try again later"): stopped by SIGTERM after
 # saving; rerunning the same command continues the run.
@@ -97,6 +103,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'be at least 1 (the first steps compile).')
   if config.input.data_dir:
     storage.check(config.input.data_dir, 'input.data_dir')
+  if config.input.source not in SOURCES:
+    raise ValueError(f'Unknown input.source {config.input.source!r}; use one '
+                     f'of {SOURCES}.')
+  if _from_store(config):
+    prepared.directory(config)  # the format, quality and path checks
+    if config.input.crop != 'paper':
+      raise ValueError(
+          f'input.crop={config.input.crop!r} needs the original images: the '
+          f'prepared store holds the 256x256 squares the paper\'s crops come '
+          f'from; use input.source=\'tfds\' for it.')
   schedules.check_config(config)
 
 
@@ -140,11 +156,21 @@ def create_state(config: ml_collections.ConfigDict, mesh, rng: jax.Array,
 # --------------------------------------------------------------------------
 # Input.
 
+def _from_store(config: ml_collections.ConfigDict) -> bool:
+  return config.input.source == 'prepared'
+
+
 def load_dataset(config: ml_collections.ConfigDict):
-  """The prepared dataset builder. Process 0 prepares first while the
+  """The prepared dataset builder, or the opened store (checked: settings,
+  every shard file). Process 0 prepares a tfds dataset first while the
   others wait; they then find it prepared (a shared disk) or prepare their
   own copy. (Prepare ImageNet before a multi-host run: a wait of hours may
   outlast the collectives' timeouts.)"""
+  if _from_store(config):
+    return prepared.Store(prepared.directory(config),
+                          prepared.settings(config),
+                          (config.input.train_split, config.input.eval_split))
+
   def prepare():
     return input_pipeline.dataset_builder(config.input.dataset,
                                           config.input.data_dir or None)
@@ -156,24 +182,44 @@ def load_dataset(config: ml_collections.ConfigDict):
   return prepare()
 
 
-def train_batches(config: ml_collections.ConfigDict, builder, mesh,
+def train_steps_per_epoch(config: ml_collections.ConfigDict, data) -> int:
+  count = (prepared.steps_per_epoch if _from_store(config)
+           else input_pipeline.steps_per_epoch)
+  return count(data, config.input.train_split, config.batch_size,
+               jax.process_count())
+
+
+def train_batches(config: ml_collections.ConfigDict, data, mesh,
                   start_step: int, total_steps: int, steps_per_epoch: int):
   """``(step, images, labels)`` from ``start_step`` to ``total_steps``, as
-  global arrays on the mesh; each epoch is its own reshuffled pass."""
+  global arrays on the mesh; each epoch is its own reshuffled pass. From
+  the store, uint8 patches cross to the devices and ``augment`` finishes
+  them there."""
   step = start_step
   while step < total_steps:
     epoch, skip = divmod(step, steps_per_epoch)
     count = min(steps_per_epoch - skip, total_steps - step)
-    ds = input_pipeline.create_split(
-        builder, config.input.train_split, global_batch_size=config.batch_size,
-        train=True, crop_size=config.model.image_size,
-        resize=config.input.resize, crop=config.input.crop,
-        pca_stddev=config.input.pca_stddev, seed=config.seed, epoch=epoch,
-        skip_batches=skip, shuffle_buffer=config.input.shuffle_buffer,
-        process_index=jax.process_index(),
-        process_count=jax.process_count()).take(count)
-    for images, labels in parallel.prefetch_to_mesh(
-        mesh, ds.as_numpy_iterator(), ('image', 'label')):
+    common = dict(global_batch_size=config.batch_size,
+                  crop_size=config.model.image_size,
+                  pca_stddev=config.input.pca_stddev, seed=config.seed,
+                  epoch=epoch, skip_batches=skip,
+                  process_index=jax.process_index(),
+                  process_count=jax.process_count())
+    if _from_store(config):
+      batches = itertools.islice(prepared.train_batches(
+          data, config.input.train_split, **common), count)
+      keys = ('image', 'label', 'flip', 'pca_alpha')
+    else:
+      batches = input_pipeline.create_split(
+          data, config.input.train_split, train=True,
+          resize=config.input.resize, crop=config.input.crop,
+          shuffle_buffer=config.input.shuffle_buffer,
+          **common).take(count).as_numpy_iterator()
+      keys = ('image', 'label')
+    for images, labels, *draws in parallel.prefetch_to_mesh(mesh, batches,
+                                                            keys):
+      if draws:  # uint8 patches: reflection, colour and mean on the device
+        images = augment.train_images(images, *draws)
       yield step, images, labels
       step += 1
 
@@ -181,19 +227,26 @@ def train_batches(config: ml_collections.ConfigDict, builder, mesh,
 # --------------------------------------------------------------------------
 # Evaluation.
 
-def evaluate(eval_step, state: train_state.TrainState, mesh, builder,
+def evaluate(eval_step, state: train_state.TrainState, mesh, data,
              config: ml_collections.ConfigDict, *, ten_crop: bool = False
              ) -> dict[str, float]:
   """Mean ``loss``, ``top1_error``, ``top5_error`` over the eval split
   (centre crops, or the paper's ten crops)."""
-  ds = input_pipeline.create_split(
-      builder, config.input.eval_split, global_batch_size=config.batch_size,
-      train=False, crop_size=config.model.image_size,
-      resize=config.input.resize, ten_crop=ten_crop,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  common = dict(global_batch_size=config.batch_size,
+                crop_size=config.model.image_size, ten_crop=ten_crop,
+                process_index=jax.process_index(),
+                process_count=jax.process_count())
+  if _from_store(config):
+    batches = prepared.eval_batches(data, config.input.eval_split, **common)
+  else:
+    batches = input_pipeline.create_split(
+        data, config.input.eval_split, train=False,
+        resize=config.input.resize, **common).as_numpy_iterator()
   totals = {}
   for images, labels, mask in parallel.prefetch_to_mesh(
-      mesh, ds.as_numpy_iterator(), ('image', 'label', 'mask')):
+      mesh, batches, ('image', 'label', 'mask')):
+    if _from_store(config):
+      images = augment.eval_images(images, config.model.image_size, ten_crop)
     sums = _host(eval_step(state, images, labels, mask))
     totals = {k: totals.get(k, 0.0) + float(v) for k, v in sums.items()}
   count = totals.pop('count')
@@ -413,9 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 def _run(config, workdir, mesh, manager) -> train_state.TrainState:
   # ---- Input (the synthetic dataset is generated on first use).
   builder = load_dataset(config)
-  steps_per_epoch = input_pipeline.steps_per_epoch(
-      builder, config.input.train_split, config.batch_size,
-      jax.process_count())
+  steps_per_epoch = train_steps_per_epoch(config, builder)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
   check_profile(config, total_steps)

@@ -72,3 +72,24 @@ def test_input_benchmark_reports_per_core_rate():
   assert result['images_per_sec_per_core'] == pytest.approx(
       result['images_per_sec'] / result['cores'], rel=0.01)
   assert result['jpeg_shape'] == [375, 500]
+
+
+@pytest.mark.parametrize('fmt', ['jpeg', 'raw'])
+def test_input_benchmark_from_a_store_sends_uint8(fmt):
+  config = small_config()
+  config.batch_size = 4
+  config.input.update(resize=73, source='prepared', store_format=fmt)
+  result = benchmark.benchmark_input(config, steps=2, warmup=1)
+  assert result['source'] == 'prepared' and result['store_format'] == fmt
+  assert result['image_dtype'] == 'uint8'
+  # The patch, its label, reflection bit and PCA draw.
+  assert result['image_bytes_to_device_per_image'] == 64 * 64 * 3
+  assert result['bytes_to_device_per_image'] == 64 * 64 * 3 + 4 + 1 + 12
+  side = 73 * 73 * 3
+  if fmt == 'raw':
+    assert result['store_bytes_per_image'] == side
+  else:
+    assert 0 < result['store_bytes_per_image'] < side
+  tfds = benchmark.benchmark_input(small_config(), steps=1, warmup=0)
+  assert tfds['image_dtype'] == 'float32'
+  assert tfds['bytes_to_device_per_image'] == 4 * 64 * 64 * 3 + 4

@@ -1,8 +1,6 @@
 """Datasets: the generated one, per-process splits, mock ImageNet/CIFAR-10."""
 
 import hashlib
-import io
-import tarfile
 
 import jax
 import numpy as np
@@ -166,31 +164,18 @@ def test_undecodable_training_images_are_skipped_not_fatal():
     ip.preprocess_eval(tf.constant(b'not an image'), crop_size=32, resize=36)
 
 
-def tar_add(tar, name, data):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  tar.addfile(info, io.BytesIO(data))
-
-
-def test_imagenet_manual_archive_end_to_end(tmp_path):
+def test_imagenet_manual_archive_end_to_end(tmp_path, imagenet_archives):
   """A tiny archive in ImageNet's manual layout, through the real builder,
   then one split train step on what it produced."""
-  manual = tmp_path / 'downloads' / 'manual'
-  manual.mkdir(parents=True)
   rng = np.random.default_rng(0)
   jpeg = lambda: synthetic_shapes.encode_jpeg(synthetic_shapes.draw(
       rng, int(rng.integers(10))))
   synsets = ('n01440764', 'n02105855')
-  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as train_tar:
-    for synset in synsets:  # a tar of per-synset tars of JPEGs
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as per_synset:
-        for k in range(3):
-          tar_add(per_synset, f'{synset}_{k}.JPEG', jpeg())
-      tar_add(train_tar, f'{synset}.tar', inner.getvalue())
-  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as val_tar:
-    for i in range(1, 5):
-      tar_add(val_tar, f'ILSVRC2012_val_{i:08d}.JPEG', jpeg())
+  imagenet_archives(
+      str(tmp_path),
+      {synset: [(f'{synset}_{k}.JPEG', jpeg()) for k in range(3)]
+       for synset in synsets},
+      [(f'ILSVRC2012_val_{i:08d}.JPEG', jpeg()) for i in range(1, 5)])
 
   builder = ip.dataset_builder('imagenet2012', data_dir=str(tmp_path))
   names = builder.info.features['label'].names
