@@ -148,9 +148,9 @@ def benchmark_input(config, steps: int, warmup: int) -> dict:
   """Times the training input from ImageNet-sized JPEGs made here to
   batches on the devices (``global_batch``, the transfer included), on all
   cores: ``input.source='tfds'`` runs the paper's augmentation per original
-  image (float32 batches); ``'prepared'`` first makes a store of
-  a store of them in a temporary directory (in ``input.store_format``),
-  then reads uint8 patches from it."""
+  image (float32 batches); ``'prepared'`` first makes a store of them in a
+  temporary directory (in ``input.store_format``), then reads uint8 patches
+  from it."""
   _check_counts(steps, warmup)
   rng = np.random.default_rng(config.seed)
   jpegs = [synthetic_shapes.encode_jpeg(synthetic_shapes.background(

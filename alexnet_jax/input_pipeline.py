@@ -177,6 +177,16 @@ def preprocess_eval(image_bytes: tf.Tensor, *, crop_size: int,
   return normalize(tf.stack(crops))
 
 
+def centre_square(image_bytes: tf.Tensor, resize: int = RESIZE
+                  ) -> tf.Tensor:
+  """Section 2 once: the shorter side rescaled to ``resize``, the centre
+  square, rounded to uint8 ``[resize, resize, 3]``: the square the ten-crop
+  test above cuts its patches from (the prepared store's pixels)."""
+  square = _to_float(_decode_window(image_bytes, _resized_window(
+      resize, resize, 0, 0)), resize)
+  return tf.saturate_cast(tf.round(square), tf.uint8)
+
+
 # --------------------------------------------------------------------------
 # Datasets.
 
@@ -233,7 +243,7 @@ def _process_split(split: str, process_index: int, process_count: int):
                                     process_count=process_count)
 
 
-def _part_sizes(builder, split, process_count) -> list[int]:
+def part_sizes(builder, split: str, process_count: int = 1) -> list[int]:
   """Examples in each process's part of ``split``, from the dataset's
   metadata; counted by reading when it has none (tfds's mock data)."""
   parts = [_process_split(split, i, process_count)
@@ -254,13 +264,24 @@ def steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str,
   Raises:
     ValueError: the split is smaller than one global batch.
   """
-  sizes = _part_sizes(builder, split, process_count)
-  steps = min(sizes) // (global_batch_size // process_count)
+  return whole_batches(part_sizes(builder, split, process_count),
+                       global_batch_size,
+                       f'The {split!r} split of {builder.info.full_name}')
+
+
+def whole_batches(sizes: list[int], global_batch_size: int, what: str
+                  ) -> int:
+  """Whole global batches when each of ``len(sizes)`` processes reads its
+  part of ``sizes[i]`` examples: the smallest part sets it.
+
+  Raises:
+    ValueError: naming ``what``, fewer examples than one global batch.
+  """
+  steps = min(sizes) // (global_batch_size // len(sizes))
   if steps == 0:
     raise ValueError(
-        f'The {split!r} split of {builder.info.full_name} has {sum(sizes)} '
-        f'examples, fewer than one batch of batch_size={global_batch_size}; '
-        f'use a smaller batch_size.')
+        f'{what} has {sum(sizes)} examples, fewer than one batch of '
+        f'batch_size={global_batch_size}; use a smaller batch_size.')
   return steps
 
 
@@ -355,6 +376,6 @@ def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
 def _eval_padding(builder, split, local_batch, process_count, process_index):
   """Blank examples this process appends so that all yield whole batches,
   as many as the process with the most examples."""
-  counts = _part_sizes(builder, split, process_count)
+  counts = part_sizes(builder, split, process_count)
   batches = -(-max(counts) // local_batch)
   return batches * local_batch - counts[process_index]

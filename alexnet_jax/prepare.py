@@ -27,6 +27,7 @@ import datetime
 import io
 import json
 import os
+import socket
 import time
 
 from absl import app
@@ -58,18 +59,23 @@ def prepare(config, worker: int = 0, num_workers: int = 1) -> dict:
   _check_worker(worker, num_workers)
   wanted = prepared.settings(config)
   path = prepared.directory(config)
+  splits = (config.input.train_split, config.input.eval_split)
   existing = _manifest(path)
   if existing:
     prepared.check_settings(existing['settings'], wanted, path)
-    if existing['status'] == 'complete' and not _reopen_damaged(path,
-                                                                existing):
-      logging.info('The store at %s is complete.', path)
-      return existing
+    if not set(splits) <= set(existing['splits']):
+      raise ValueError(
+          f'The store at {path} holds the splits '
+          f'{sorted(existing["splits"])}, the config asks for {list(splits)}; '
+          f'use another input.store_dir for these.')
   builder = input_pipeline.dataset_builder(config.input.dataset,
                                            config.input.data_dir or None)
+  if existing and existing['status'] == 'complete' and not _reopen_damaged(
+      path, existing):
+    logging.info('The store at %s is complete.', path)
+    return existing
   source = TfdsSource(builder)
-  sizes = {split: source.size(split)
-           for split in (config.input.train_split, config.input.eval_split)}
+  sizes = {split: source.size(split) for split in splits}
   return build(path, wanted, source, sizes, worker, num_workers)
 
 
@@ -83,21 +89,19 @@ class TfdsSource:
                         'data_dir': str(builder.data_dir)}
 
   def read(self, split: str, lo: int, hi: int) -> tf.data.Dataset:
+    # One file at a time: example ``lo + k`` is the slice's k-th (tfds
+    # otherwise interleaves 16 files), so one can be read again alone.
     return self.builder.as_dataset(
         split=f'{split}[{lo}:{hi}]', shuffle_files=False,
-        decoders={'image': tfds.decode.SkipDecoding()})
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(interleave_cycle_length=1))
 
   def size(self, split: str) -> int:
-    splits = self.builder.info.splits
-    if splits and split in splits:
-      return splits[split].num_examples
-    try:  # tfds's mock data has no split sizes: count
-      ds = self.builder.as_dataset(
-          split=split, decoders={'image': tfds.decode.SkipDecoding()})
-    except ValueError as e:
+    try:
+      return input_pipeline.part_sizes(self.builder, split)[0]
+    except (KeyError, ValueError) as e:
       raise ValueError(f'{self.builder.info.full_name} has no split '
                        f'{split!r} ({e}).') from e
-    return int(ds.reduce(0, lambda n, _: n + 1))
 
   def names(self, split: str, index: int) -> dict:
     if 'file_name' not in self.builder.info.features:
@@ -159,17 +163,17 @@ def build(path: str, wanted: dict, source, sizes: dict[str, int],
   shards = [(split, i) for split, plan in manifest['splits'].items()
             for i in range(len(plan['shards']))]
   mine = shards[worker::num_workers]
-  todo = [(s, i) for s, i in mine if not _done(path, manifest, s, i)]
+  name = lambda s, i: manifest['splits'][s]['shards'][i]
+  todo = [(s, i) for s, i in mine if not _done(path, wanted, name(s, i))]
   logging.info('Preparing %s in %s: %d of this worker\'s %d shards to do.',
                wanted, path, len(todo), len(mine))
   progress = _Progress(sum(hi - lo for lo, hi in (
       _shard_range(manifest, s, i) for s, i in todo)))
   for split, i in todo:
     lo, hi = _shard_range(manifest, split, i)
-    name = manifest['splits'][split]['shards'][i]
-    record = write_shard(source, split, lo, hi, path, name, wanted)
-    progress.log(name, hi - lo, len(record['skipped']))
-  left = [(s, i) for s, i in shards if not _done(path, manifest, s, i)]
+    record = write_shard(source, split, lo, hi, path, name(split, i), wanted)
+    progress.log(name(split, i), hi - lo, len(record['skipped']))
+  left = [(s, i) for s, i in shards if not _done(path, wanted, name(s, i))]
   if left:
     logging.info('%d shards are left to the other workers; the last to '
                  'finish writes the manifest.', len(left))
@@ -184,21 +188,19 @@ def _check_worker(worker: int, num_workers: int) -> None:
 
 
 def _reopen_damaged(path: str, manifest: dict) -> bool:
-  """Whether a complete store has damaged shards; if so, removes them and
-  marks the store unfinished, so that this run rewrites them."""
-  damaged = []
-  for plan in manifest['splits'].values():
-    for name in plan['shards']:
-      problem = prepared.shard_problem(path, name,
-                                       manifest['settings']['format'])
-      if problem:
-        logging.warning('%s: rewriting the shard.', problem)
-        damaged.append(name)
+  """Whether a complete store has shards that cannot be read; if so, moves
+  their files aside (``<file>.damaged``) and marks the store unfinished, so
+  that this run rewrites them."""
+  damaged = [name for plan in manifest['splits'].values()
+             for name in plan['shards']
+             if not _done(path, manifest['settings'], name)]
   for name in damaged:
     for file in (f'{name}.json',
                  prepared.data_file(name, manifest['settings']['format'])):
       if os.path.exists(os.path.join(path, file)):
-        os.remove(os.path.join(path, file))
+        os.replace(os.path.join(path, file),
+                   os.path.join(path, f'{file}.damaged'))
+    logging.warning('%s: moved aside as .damaged, to be rewritten.', name)
   if damaged:
     manifest['status'] = 'incomplete'
     prepared.write_json(os.path.join(path, prepared.MANIFEST), manifest)
@@ -217,9 +219,11 @@ def _shard_range(manifest: dict, split: str, index: int) -> tuple[int, int]:
   return size * index // count, size * (index + 1) // count
 
 
-def _done(path: str, manifest: dict, split: str, index: int) -> bool:
-  name = manifest['splits'][split]['shards'][index]
-  return os.path.exists(os.path.join(path, f'{name}.json'))
+def _done(path: str, wanted: dict, name: str) -> bool:
+  """Whether shard ``name`` is written whole with these settings (a shard
+  that is not, or whose files were damaged since, is written again)."""
+  _, problem = prepared.read_shard(path, name, wanted)
+  return problem is None
 
 
 def _now() -> str:
@@ -250,9 +254,10 @@ def write_shard(source, split: str, lo: int, hi: int, path: str, name: str,
   """Converts source examples ``[lo, hi)`` of ``split`` into shard ``name``:
   the data file first (under a temporary name, then renamed), its record
   ``<name>.json`` last, so that a shard with a record is whole."""
-  fmt, resize = wanted['format'], wanted['resize']
+  fmt = wanted['format']
   target = os.path.join(path, prepared.data_file(name, fmt))
-  temporary = target + '.tmp'
+  # A name of this process's own: another worker may write the same shard.
+  temporary = f'{target}.{socket.gethostname()}.{os.getpid()}.tmp'
   labels, skipped = [], []
   writer = _Writer(temporary, fmt)
   try:
@@ -268,11 +273,12 @@ def write_shard(source, split: str, lo: int, hi: int, path: str, name: str,
     writer.close()
   os.replace(temporary, target)
   record = {'examples': len(labels), 'bytes': os.path.getsize(target),
-            'source_range': [lo, hi], 'labels': labels, 'skipped': skipped}
-  if fmt == 'raw' and record['bytes'] != len(labels) * resize * resize * 3:
-    raise RuntimeError(f'{target}: {record["bytes"]} bytes written for '
-                       f'{len(labels)} squares of side {resize}.')
+            'settings': wanted, 'source_range': [lo, hi], 'labels': labels,
+            'skipped': skipped}
   prepared.write_json(os.path.join(path, f'{name}.json'), record)
+  _, problem = prepared.read_shard(path, name, wanted)
+  if problem:
+    raise RuntimeError(f'{problem}, just after writing it.')
   return record
 
 
@@ -305,8 +311,8 @@ def _converted(source, split: str, lo: int, hi: int, wanted: dict):
 
   def convert(position, example):
     return {'position': position, 'label': example['label'],
-            'data': _encode(prepared.square(example['image'], resize), fmt,
-                            quality)}
+            'data': _encode(input_pipeline.centre_square(
+                example['image'], resize), fmt, quality)}
 
   ds = source.read(split, lo, hi).enumerate().map(
       convert, num_parallel_calls=tf.data.AUTOTUNE)
@@ -330,16 +336,18 @@ def _encode(square: tf.Tensor, fmt: str, quality: int | None) -> tf.Tensor:
 
 def _with_pil(source, split: str, index: int, wanted: dict):
   """Example ``index`` decoded by PIL (which knows more formats than
-  TensorFlow, TIFF for one) to RGB, then resized as TensorFlow resizes; or
-  the reason it cannot be decoded."""
+  TensorFlow, TIFF for one) to RGB, then resized as TensorFlow resizes (from
+  a lossless PNG of PIL's pixels); or the reason it cannot be done."""
   example = next(iter(source.read(split, index, index + 1)))
   try:
     with Image.open(io.BytesIO(example['image'].numpy())) as image:
-      pixels = np.asarray(image.convert('RGB'))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
+      png = io.BytesIO()
+      image.convert('RGB').save(png, format='PNG')
+    square = input_pipeline.centre_square(png.getvalue(), wanted['resize'])
+  # PIL raises OSError, SyntaxError, EOFError and more for damaged files.
+  except Exception as e:  # pylint: disable=broad-except
     return f'{type(e).__name__}: {e}'
   logging.info('%s example %d: decoded with PIL.', split, index)
-  square = prepared.square_of_pixels(pixels, wanted['resize'])
   data = _encode(square, wanted['format'], wanted['jpeg_quality'])
   return {'data': data.numpy(), 'label': int(example['label'])}
 
@@ -350,7 +358,9 @@ def _finish(path: str, manifest: dict) -> dict:
   for split, plan in manifest['splits'].items():
     examples = 0
     for name in plan['shards']:
-      record = prepared.read_json(os.path.join(path, f'{name}.json'))
+      record, problem = prepared.read_shard(path, name, manifest['settings'])
+      if problem:
+        raise RuntimeError(f'{problem}; run again to rewrite it.')
       lo, hi = record['source_range']
       if record['examples'] + len(record['skipped']) != hi - lo:
         raise RuntimeError(

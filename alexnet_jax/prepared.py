@@ -58,6 +58,9 @@ SETTINGS = ('dataset', 'resize', 'format', 'jpeg_quality')
 # compressed already); reading without read-ahead, as for random access.
 WRITER_OPTIONS = 'group_size:1,uncompressed'
 READER_OPTIONS = 'readahead_buffer_size:0'
+# Threads cutting raw patches (a thread cuts about 50,000 patches/s, so a
+# few feed any one accelerator; more only hold more batches in memory).
+MAX_THREADS = 8
 
 
 # --------------------------------------------------------------------------
@@ -108,15 +111,12 @@ def data_file(name: str, fmt: str) -> str:
 
 
 def read_json(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def write_json(path: str, value: dict) -> None:
-  """Written whole (a temporary file, then a rename)."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + '.tmp', path)
+  """Written whole: a reader sees the old or the new file."""
+  storage.write_text(path, json.dumps(value, indent=1))
 
 
 def check_settings(found: dict, wanted: dict, where: str) -> None:
@@ -133,21 +133,29 @@ def check_settings(found: dict, wanted: dict, where: str) -> None:
         f'settings.')
 
 
-def shard_problem(path: str, name: str, fmt: str) -> str | None:
-  """Why shard ``name`` of the store at ``path`` cannot be read (its record
-  or data file missing, or the file not of the size it was written with),
-  or None."""
+def read_shard(path: str, name: str, wanted: dict
+               ) -> tuple[dict | None, str | None]:
+  """Shard ``name``'s record, or why the shard cannot be read: its record
+  or data file missing, the record of other settings, or the data file not
+  of the size it was written with (or, raw, not the size of its squares).
+  """
   record_path = os.path.join(path, f'{name}.json')
-  data_path = os.path.join(path, data_file(name, fmt))
+  data_path = os.path.join(path, data_file(name, wanted['format']))
   if not os.path.exists(record_path):
-    return f'Prepared store record {record_path} is missing'
+    return None, f'Prepared store record {record_path} is missing'
+  record = read_json(record_path)
+  if record.get('settings') != wanted:
+    return None, (f'Prepared store record {record_path} was written with '
+                  f'other settings ({record.get("settings")})')
   if not os.path.exists(data_path):
-    return f'Prepared store file {data_path} is missing'
-  written, size = read_json(record_path)['bytes'], os.path.getsize(data_path)
-  if size != written:
-    return (f'Prepared store file {data_path} has {size} bytes, not the '
-            f'{written} it was written with (truncated or replaced)')
-  return None
+    return None, f'Prepared store file {data_path} is missing'
+  size, side = os.path.getsize(data_path), wanted['resize']
+  if size != record['bytes'] or (wanted['format'] == 'raw' and size != (
+      record['examples'] * side * side * 3)):
+    return None, (f'Prepared store file {data_path} has {size} bytes, not '
+                  f'the {record["bytes"]} it was written with for '
+                  f'{record["examples"]} squares (truncated or replaced)')
+  return {**record, 'path': data_path}, None
 
 
 # --------------------------------------------------------------------------
@@ -183,7 +191,7 @@ class Store:
       if split not in self.manifest['splits']:
         raise ValueError(f'The prepared store at {path} has no {split!r} '
                          f'split (it has {sorted(self.manifest["splits"])}).')
-      shards = [self._check_shard(s)
+      shards = [self._check_shard(s, wanted)
                 for s in self.manifest['splits'][split]['shards']]
       self._shards[split] = shards
       self._labels[split] = np.concatenate(
@@ -191,13 +199,11 @@ class Store:
       self._ends[split] = np.cumsum([s['examples'] for s in shards])
     self._open = {}
 
-  def _check_shard(self, name: str) -> dict:
-    problem = shard_problem(self.path, name, self.format)
+  def _check_shard(self, name: str, wanted: dict) -> dict:
+    record, problem = read_shard(self.path, name, wanted)
     if problem:
       raise ValueError(f'{problem}. Run python -m alexnet_jax.prepare with '
                        f'the same config: it rewrites damaged shards.')
-    record = read_json(os.path.join(self.path, f'{name}.json'))
-    record['path'] = os.path.join(self.path, data_file(name, self.format))
     return record
 
   def size(self, split: str) -> int:
@@ -270,15 +276,10 @@ def steps_per_epoch(store: Store, split: str, global_batch_size: int,
     ValueError: the split is smaller than one global batch.
   """
   size = store.size(split)
-  smallest = min(len(part(size, i, process_count))
-                 for i in range(process_count))
-  steps = smallest // (global_batch_size // process_count)
-  if steps == 0:
-    raise ValueError(
-        f'The {split!r} split of the prepared store {store.path} has {size} '
-        f'examples, fewer than one batch of batch_size={global_batch_size}; '
-        f'use a smaller batch_size.')
-  return steps
+  return input_pipeline.whole_batches(
+      [len(part(size, i, process_count)) for i in range(process_count)],
+      global_batch_size,
+      f'The {split!r} split of the prepared store {store.path}')
 
 
 def draws(size: int, *, seed: int, epoch: int, crop_size: int, resize: int,
@@ -316,6 +317,11 @@ class _Buffers:
   ones (the 2-core machine).
   """
 
+  # More buffers of a shape than batches are ever in flight would mean
+  # that reference counts do not work as below (another interpreter):
+  # then buffers are no longer kept, rather than kept forever.
+  LIMIT = 64
+
   def __init__(self):
     self._free_when_unreferenced = collections.defaultdict(list)
     self._lock = threading.Lock()
@@ -323,14 +329,16 @@ class _Buffers:
   def empty(self, shape: tuple[int, ...]) -> np.ndarray:
     nbytes = int(np.prod(shape))
     with self._lock:
-      for buffer in self._free_when_unreferenced[shape]:
+      kept = self._free_when_unreferenced[shape]
+      for buffer in kept:
         # References: the list, this loop and getrefcount's argument; any
         # other is a view of it still in use.
         if sys.getrefcount(buffer) == 3:
           break
       else:
         buffer = np.empty(nbytes + 64, np.uint8)
-        self._free_when_unreferenced[shape].append(buffer)
+        if len(kept) < self.LIMIT:
+          kept.append(buffer)
     start = -buffer.ctypes.data % 64
     return buffer[start:start + nbytes].reshape(shape)
 
@@ -338,21 +346,26 @@ class _Buffers:
 _BUFFERS = _Buffers()
 
 
-def _ordered(fn, items, workers: int, ahead: int):
-  """``fn(item)`` for each item, computed up to ``ahead`` items ahead in
-  ``workers`` threads, yielded in order."""
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+def _ordered(fn, items):
+  """``fn(item)`` for each item, computed a few items ahead in threads,
+  yielded in order. Closing the generator drops the items not started."""
+  workers = _threads()
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  try:
     pending = collections.deque()
     for item in items:
       pending.append(pool.submit(fn, item))
-      if len(pending) > ahead:
+      if len(pending) > 2 * workers:
         yield pending.popleft().result()
     while pending:
       yield pending.popleft().result()
+  finally:
+    pool.shutdown(cancel_futures=True)
 
 
 def _threads() -> int:
-  return len(os.sched_getaffinity(0))
+  """Threads that cut patches: the cores, up to ``MAX_THREADS``."""
+  return min(MAX_THREADS, len(os.sched_getaffinity(0)))
 
 
 # --------------------------------------------------------------------------
@@ -392,7 +405,7 @@ def train_batches(store: Store, split: str, *, global_batch_size: int,
           chosen['left'][ids].tolist())):
         images[row] = square[top:top + crop_size, left:left + crop_size]
       return {'image': images, **extras(ids)}
-    yield from _ordered(batch, batches, _threads(), 2 * _threads())
+    yield from _ordered(batch, batches)
     return
 
   def windows(ids):
@@ -444,7 +457,7 @@ def eval_batches(store: Store, split: str, *, global_batch_size: int,
       for row, square in enumerate(store.squares(split, ids)):
         images[row] = square[start:start + side, start:start + side]
       return pad({'image': images, **extras(ids)})
-    yield from _ordered(batch, batches, _threads(), 2 * _threads())
+    yield from _ordered(batch, batches)
     return
 
   def windows(ids):
@@ -485,28 +498,3 @@ def _jpeg_batches(store: Store, split: str, batches, side: int, windows,
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
   for ids, images in zip(batches, ds.as_numpy_iterator()):
     yield {'image': images, **extras(ids)}
-
-
-# --------------------------------------------------------------------------
-# Pixels as the tfds pipeline makes them.
-
-def square(image_bytes: tf.Tensor, resize: int) -> tf.Tensor:
-  """Section 2 once: the shorter side rescaled to ``resize``, the centre
-  square, uint8 (rounded); the same pixels the tfds pipeline's ten-crop
-  test cuts its patches from."""
-  window = input_pipeline._resized_window(resize, resize, 0, 0)
-  return to_uint8(input_pipeline._to_float(
-      input_pipeline._decode_window(image_bytes, window), resize))
-
-
-def square_of_pixels(image: np.ndarray, resize: int) -> tf.Tensor:
-  """``square`` of an image already decoded (uint8 ``[h, w, 3]``)."""
-  window = input_pipeline._resized_window(resize, resize, 0, 0)
-  image = tf.convert_to_tensor(image)
-  shape = tf.shape(image)
-  cut = tf.image.crop_to_bounding_box(image, *window(shape[0], shape[1]))
-  return to_uint8(input_pipeline._to_float(cut, resize))
-
-
-def to_uint8(image: tf.Tensor) -> tf.Tensor:
-  return tf.saturate_cast(tf.round(image), tf.uint8)

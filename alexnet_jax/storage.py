@@ -94,9 +94,10 @@ def read_text(path: str) -> str:
 
 def write_text(path: str, text: str) -> None:
   """Writes ``path`` whole: a reader sees the old or the new text, never a
-  part (a temporary file, then a rename; on GCS the upload itself is whole).
+  part (a temporary file of its own, then a rename; on GCS the upload itself
+  is whole). Writers racing on one path leave one whole text.
   """
-  temporary = f'{path}.tmp'
+  temporary = f'{path}.{uuid.uuid4().hex}.tmp'
   with tf.io.gfile.GFile(temporary, 'w') as f:
     f.write(text)
   tf.io.gfile.rename(temporary, path, overwrite=True)

@@ -183,7 +183,7 @@ def test_cmyk_png_named_jpeg_and_broken_files_of_imagenet(
                          prepared.settings(config), ('train',))
   squares = store.squares('train', np.arange(4))
   # The expected square: the RGB original through the same resize.
-  want = np.asarray(prepared.square(tf.constant(png(rgb)), 100))
+  want = np.asarray(ip.centre_square(tf.constant(png(rgb)), 100))
   by_error = sorted(np.abs(s.astype(int) - want).mean() for s in squares)
   assert by_error[:2] == [0, 0]  # the PNG and the TIFF: lossless
   assert by_error[2] < 2  # the CMYK JPEG, up to JPEG's loss
@@ -423,12 +423,14 @@ def test_missing_or_truncated_store_files_are_named(data_dir, tmp_path):
   shard.unlink()
   with pytest.raises(ValueError, match=f'{shard} is missing'):
     open_store(config)
-  # The same prepare command rewrites the damaged shard, and only it.
+  # The same prepare command rewrites the damaged shard, and only it; what
+  # was there is moved aside, not deleted.
   other = tmp_path / 'store' / 'validation-00000-of-00001.json'
   before = os.path.getmtime(other)
   assert prepare.prepare(config)['status'] == 'complete'
   assert open_store(config).jpegs('train', np.arange(200)) == good
   assert os.path.getmtime(other) == before
+  assert (tmp_path / 'store' / 'train-00000-of-00001.json.damaged').exists()
 
 
 def test_preparing_imagenet_without_its_files_names_them(tmp_path):
@@ -451,6 +453,26 @@ def test_bad_store_settings_are_named(tmp_path, change, match):
   with pytest.raises(ValueError, match=match):
     prepare.prepare(config)
   assert not os.listdir(tmp_path)
+
+
+def test_a_store_without_the_configs_splits_is_named(stores, data_dir):
+  config = config_for(data_dir, stores['raw'].path, 'raw',
+                      eval_split='test')
+  with pytest.raises(ValueError, match=r"splits \['train', 'validation'\], "
+                     r"the config asks for \['train', 'test'\]"):
+    prepare.prepare(config)
+
+
+def test_a_shard_of_other_settings_is_written_again(data_dir, tmp_path):
+  """A directory reused after its manifest was deleted: old shards of
+  another resize are not taken for this store's."""
+  old = config_for(data_dir, tmp_path, 'raw', resize=100)
+  prepare.prepare(old)
+  os.remove(tmp_path / prepared.MANIFEST)
+  new = config_for(data_dir, tmp_path, 'raw')
+  prepare.prepare(new)
+  store = open_store(new)
+  assert store.squares('train', np.array([0]))[0].shape == (RESIZE, RESIZE, 3)
 
 
 def test_bad_worker_numbers_are_refused(data_dir, tmp_path):
