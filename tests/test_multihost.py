@@ -16,6 +16,8 @@ import time
 import pytest
 
 from alexnet_jax import parallel
+from alexnet_jax import prepare
+from configs import default
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / 'tests' / 'multihost_worker.py'
@@ -126,6 +128,24 @@ def test_the_main_command_runs_on_two_processes(tmp_path):
              "mesh {'data': 2, 'model': 2}" in line for line in lines), (
                  out[-3000:])
   assert any(line.startswith('[process 1] ') for line in lines), out[-3000:]
+  assert_tiny_run_finished(workdir)
+
+
+def test_two_processes_train_from_a_prepared_store(tmp_path):
+  """The same run from a raw store: each process opens the store, reads its
+  part and sends uint8 patches for its rows of every batch."""
+  workdir, flags = tiny_run_flags(tmp_path)
+  config = default.get_config()
+  config.input.update(dataset='synthetic_shapes/tiny', store_format='raw',
+                      data_dir=str(tmp_path / 'data'),
+                      store_dir=str(tmp_path / 'store'))
+  prepare.prepare(config)
+  proc = run(['bash', LAUNCH / 'local.sh', 2, *flags,
+              '--config.input.source=prepared',
+              '--config.input.store_format=raw',
+              f'--config.input.store_dir={tmp_path / "store"}'],
+             env=dict(PYTHON=sys.executable, PYTHONPATH=str(ROOT)))
+  assert proc.returncode == 0, proc.stdout[-3000:]
   assert_tiny_run_finished(workdir)
 
 
