@@ -269,6 +269,18 @@ def steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str,
                        f'The {split!r} split of {builder.info.full_name}')
 
 
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """The rows of every global batch that each process loads.
+
+  Raises:
+    ValueError: the batch does not split evenly over the processes.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} is not '
+                     f'divisible by the {process_count} processes.')
+  return global_batch_size // process_count
+
+
 def whole_batches(sizes: list[int], global_batch_size: int, what: str
                   ) -> int:
   """Whole global batches when each of ``len(sizes)`` processes reads its
@@ -315,10 +327,7 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
 
   Deterministic for ``(seed, epoch)``.
   """
-  if global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} is not '
-                     f'divisible by the {process_count} processes.')
-  local_batch = global_batch_size // process_count
+  local_batch = local_batch_size(global_batch_size, process_count)
   epoch_seed = _seed(seed, epoch)
   ds = builder.as_dataset(
       split=_process_split(split, process_index, process_count),

@@ -369,12 +369,11 @@ def _finish(path: str, manifest: dict) -> dict:
             f'run again.')
       examples += record['examples']
       skipped += [{'split': split, **s} for s in record['skipped']]
-    if examples + sum(s['split'] == split for s in skipped) != plan[
-        'source_examples']:
-      raise RuntimeError(f'{split}: the shards do not cover the '
-                         f'{plan["source_examples"]} source examples.')
     plan['examples'] = examples
     plan['skipped'] = sum(s['split'] == split for s in skipped)
+    if examples + plan['skipped'] != plan['source_examples']:
+      raise RuntimeError(f'{split}: the shards do not cover the '
+                         f'{plan["source_examples"]} source examples.')
   manifest.update(status='complete', finished=_now(), skipped=skipped)
   prepared.write_json(os.path.join(path, prepared.MANIFEST), manifest)
   for split, plan in manifest['splits'].items():

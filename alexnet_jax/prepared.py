@@ -380,10 +380,7 @@ def train_batches(store: Store, split: str, *, global_batch_size: int,
   ``[b, crop, crop, 3]`` (the patch at its offsets, not yet reflected),
   ``label`` int32, ``flip`` bool and ``pca_alpha`` float32 ``[b, 3]`` for
   ``augment.train_images`` on the device."""
-  if global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} is not '
-                     f'divisible by the {process_count} processes.')
-  local = global_batch_size // process_count
+  local = input_pipeline.local_batch_size(global_batch_size, process_count)
   size = store.size(split)
   chosen = draws(size, seed=seed, epoch=epoch, crop_size=crop_size,
                  resize=store.resize, pca_stddev=pca_stddev)
@@ -423,10 +420,7 @@ def eval_batches(store: Store, split: str, *, global_batch_size: int,
   ``[b, crop, crop, 3]`` or for ``ten_crop`` the whole squares
   ``[b, resize, resize, 3]`` (``augment.eval_images`` cuts the ten patches
   on the device); ``label`` int32; ``mask`` (False on padding)."""
-  if global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} is not '
-                     f'divisible by the {process_count} processes.')
-  local = global_batch_size // process_count
+  local = input_pipeline.local_batch_size(global_batch_size, process_count)
   size = store.size(split)
   examples = np.asarray(part(size, process_index, process_count))
   longest = max(len(part(size, i, process_count))
