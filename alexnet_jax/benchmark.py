@@ -126,7 +126,7 @@ def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
       batch_size=config.batch_size,
       image_size=config.model.image_size,
       dtype=config.model.dtype,
-      towers=config.model.towers,
+      model=config.model.name,
       width=config.model.width,
       use_lrn=config.model.use_lrn,
       steps=steps,

@@ -2,7 +2,7 @@
 
 Training, the paper's way: rescale the shorter side to 256, take the centre
 256x256, then a random ``crop_size`` patch (224, or 227 for the other
-convention, see ``models.py``) and a random horizontal reflection; add the
+convention, see ``models/alexnet.py``) and a random horizontal reflection; add the
 PCA colour offset; subtract the mean RGB. Only the pixels of the final patch
 are decoded: the patch is mapped back to the original image and cut out by
 ``tf.io.decode_and_crop_jpeg``, then reflected (still uint8) and resized,

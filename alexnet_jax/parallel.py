@@ -2,12 +2,14 @@
 
 A 2-D device mesh ``('data', 'model')``:
 
-* ``model`` of size 2: each device holds one tower's parameters and that
-  tower's optimizer state, as each GTX 580 did. The model (``AlexNet`` with
-  ``model_axis='model'``) exchanges activations only at the paper's four
-  crossings: all-gathers at conv3's, fc6's and fc7's inputs and a ``psum`` of
-  fc8's per-tower products (see ``models.gather_towers``/``sum_towers``).
-* ``model`` of size 1: both towers on every device, the same code path.
+* ``model`` of size 2 (two-tower models only): each device holds one tower's
+  parameters and that tower's optimizer state, as each GTX 580 did. The
+  paper's net (``AlexNet`` with ``model_axis='model'``) exchanges
+  activations only at the paper's four crossings: all-gathers at conv3's,
+  fc6's and fc7's inputs and a ``psum`` of fc8's per-tower products (see
+  ``models/alexnet.py``'s ``gather_towers``/``sum_towers``).
+* ``model`` of size 1: all towers on every device, the same code path (and
+  the only one for one-tower models such as ``alexnet_owt``).
 * ``data``: the rest of the devices; the batch is split over it and the
   gradients are summed over it (and only over it).
 
@@ -31,10 +33,10 @@ from jax.sharding import AxisType
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from flax.training import train_state
 
 from alexnet_jax import models
 from alexnet_jax import steps
+from alexnet_jax.models import alexnet
 
 DATA = 'data'
 MODEL = 'model'
@@ -134,7 +136,8 @@ def model_axis_size(config: ml_collections.ConfigDict,
   """The configured model axis, or for 0 ("auto") 2 when it fits, else 1."""
   size = config.model_axis_size
   if size == 0:
-    fits = config.model.towers == 2 and num_devices % 2 == 0
+    fits = (steps.create_model(config.model).towers == 2
+            and num_devices % 2 == 0)
     return 2 if fits else 1
   return size
 
@@ -153,11 +156,12 @@ def make_mesh(config: ml_collections.ConfigDict,
     raise ValueError(
         f'model_axis_size={model} does not divide the {n} devices; use '
         f'model_axis_size=1 or an even number of devices.')
-  if model == 2 and config.model.towers != 2:
+  towers = steps.create_model(config.model).towers
+  if model == 2 and towers != 2:
     raise ValueError(
-        f'model_axis_size=2 puts one tower on each device, but '
-        f'towers={config.model.towers}; use model_axis_size=1 for the '
-        f'one-tower net.')
+        f'model_axis_size=2 puts one tower on each device, but model '
+        f'{config.model.name!r} has towers={towers}; use model_axis_size=1 '
+        f'for a one-tower net.')
   data = n // model
   if config.batch_size % data:
     raise ValueError(
@@ -169,25 +173,27 @@ def make_mesh(config: ml_collections.ConfigDict,
                        devices=devices)
 
 
-def tower_specs(tree, mesh: Mesh):
-  """``P('model')`` on every leaf with a tower axis, ``P()`` elsewhere.
+def tower_specs(state: steps.TrainState, mesh: Mesh):
+  """For ``state`` (or its shapes), ``P('model')`` on every leaf with a
+  tower axis (the model's ``tower_axes``), ``P()`` elsewhere.
 
-  With a model axis of 1 everything is replicated: each device holds both
+  With a model axis of 1 everything is replicated: each device holds all
   towers.
   """
   split = mesh.shape[MODEL] == 2
   return jax.tree.map(lambda axis: P(MODEL) if split and axis == 0 else P(),
-                      models.tower_axes(tree), is_leaf=lambda x: x is None)
+                      state.model.tower_axes(state),
+                      is_leaf=lambda x: x is None)
 
 
-def local_model(model: models.AlexNet, mesh: Mesh) -> models.AlexNet:
+def local_model(model: models.Interface, mesh: Mesh) -> models.Interface:
   """The model as one device of ``mesh`` runs it inside ``shard_map``."""
-  return model.clone(model_axis=MODEL if mesh.shape[MODEL] == 2 else None)
+  return model.clone(model_axis=MODEL) if mesh.shape[MODEL] == 2 else model
 
 
 def create_train_state(config: ml_collections.ConfigDict,
-                       model: models.AlexNet, mesh: Mesh, rng: jax.Array,
-                       learning_rate=None) -> train_state.TrainState:
+                       model: models.Interface, mesh: Mesh, rng: jax.Array,
+                       learning_rate=None) -> steps.TrainState:
   """Parameters and optimizer state created directly in their shards
   (``learning_rate``: see ``steps.create_optimizer``)."""
   def create(rng):
@@ -215,7 +221,7 @@ def global_batch(mesh: Mesh, *local: np.ndarray) -> tuple[jax.Array, ...]:
                for x in local)
 
 
-def make_train_step(mesh: Mesh, state: train_state.TrainState):
+def make_train_step(mesh: Mesh, state: steps.TrainState):
   """``step(state, images, labels, rng) -> (state, metrics)``, jitted.
 
   The state is donated: pass the returned one to the next call.
@@ -227,7 +233,7 @@ def make_train_step(mesh: Mesh, state: train_state.TrainState):
   return jax.jit(step, donate_argnums=0)
 
 
-def make_eval_step(mesh: Mesh, state: train_state.TrainState):
+def make_eval_step(mesh: Mesh, state: steps.TrainState):
   """``step(state, images, labels, mask) -> sums`` (``steps.eval_step``),
   jitted; ``mask`` is the input pipeline's (False on padding)."""
   step = jax.shard_map(
@@ -237,7 +243,7 @@ def make_eval_step(mesh: Mesh, state: train_state.TrainState):
   return jax.jit(step)
 
 
-def crossing_bytes_per_image(model: models.AlexNet) -> dict[str, int]:
+def crossing_bytes_per_image(model: alexnet.AlexNet) -> dict[str, int]:
   """Bytes one tower's device receives per image at each crossing.
 
   Forward: the other tower's activations (conv3's, fc6's and fc7's inputs)
@@ -245,7 +251,7 @@ def crossing_bytes_per_image(model: models.AlexNet) -> dict[str, int]:
   activations that the other tower computed (the transposes of the three
   all-gathers); the fc8 sum needs none.
   """
-  _, _, pool2, pool5 = models.feature_sizes(model.image_size,
+  _, _, pool2, pool5 = alexnet.feature_sizes(model.image_size,
                                             model.pool_window,
                                             model.pool_stride)
   features = model.tower_features()

@@ -86,15 +86,18 @@ def predict(workdir: str, paths: list[str], k: int = 5
                class_names(config), k)
 
 
-def fc7_features(state, images: np.ndarray, batch_size: int = 256
-                 ) -> np.ndarray:
-  """The last hidden layer's activations ``[n, fc7 units]`` (both towers'
-  units side by side), the features of the paper's Figure 4 neighbours."""
+def features(state, images: np.ndarray, batch_size: int = 256
+             ) -> np.ndarray:
+  """The activations ``[n, units]`` of the model's ``feature_layer`` (for
+  AlexNet the last hidden layer, fc7; the towers' units side by side), the
+  features of the paper's Figure 4 neighbours."""
+  name = f'{state.model.feature_layer}_out'
+
   @jax.jit
   def features(params, x):
     _, sown = state.apply_fn({'params': params}, x, train=False,
                              mutable=['intermediates'])
-    return jax.numpy.concatenate(sown['intermediates']['fc7_out'][0], -1)
+    return jax.numpy.concatenate(sown['intermediates'][name][0], -1)
   return np.concatenate([
       np.asarray(features(state.params, images[i:i + batch_size]))
       for i in range(0, len(images), batch_size)])

@@ -13,11 +13,13 @@ so a drop acts at once; both are the same while the rate is constant). As
 in cuda-convnet's layer files, weight decay applies to weights, not biases,
 unless ``config.weight_decay_biases`` is set. The rate is an injected
 hyperparameter of the optimizer state (``learning_rate``/``set_learning_rate``)
-so that the host can apply the plateau rule between steps.
+so that the host can apply the plateau rule between steps; both find it by
+name (``optax.tree_utils``), not by its place in the chain.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 import ml_collections
 import optax
+from flax import struct
 from flax.training import train_state
 
 from alexnet_jax import models
@@ -33,14 +36,29 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def create_model(model_config: ml_collections.ConfigDict,
-                 **overrides: Any) -> models.AlexNet:
-  """An ``AlexNet`` from ``config.model`` (dtype given by name)."""
+                 **overrides: Any) -> models.Interface:
+  """The model ``config.model.name`` names, built from the other fields of
+  ``config.model`` (dtype given by name)."""
   fields = {**model_config, **overrides}
+  model_class = models.get(fields.pop('name'))
   dtype = fields.pop('dtype', 'float32')
   if dtype not in DTYPES:
     raise ValueError(f'Unknown model dtype {dtype!r}; use one of '
                      f'{sorted(DTYPES)}.')
-  return models.AlexNet(**fields, dtype=DTYPES[dtype])
+  known = {f.name for f in dataclasses.fields(model_class)} - {
+      'parent', 'name', 'dtype'}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'config.model has fields {unknown} that model '
+                     f'{model_config.name!r} does not take; its fields are '
+                     f'{sorted(known)}.')
+  return model_class(**fields, dtype=DTYPES[dtype])
+
+
+class TrainState(train_state.TrainState):
+  """Flax's train state, plus the model (static), whose ``tower_axes`` the
+  device split reads."""
+  model: Any = struct.field(pytree_node=False, default=None)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -61,38 +79,36 @@ def create_optimizer(config: ml_collections.ConfigDict,
   )
 
 
-_LR_STATE = 1  # create_optimizer's chain: decay, learning rate, momentum
-
-
-def learning_rate(state: train_state.TrainState) -> jax.Array:
+def learning_rate(state: TrainState) -> jax.Array:
   """The rate the last update used (the next one, for a constant rate)."""
-  return state.opt_state[_LR_STATE].hyperparams['learning_rate']
+  return optax.tree_utils.tree_get(state.opt_state, 'learning_rate')
 
 
-def set_learning_rate(state: train_state.TrainState, value: float
-                      ) -> train_state.TrainState:
+def set_learning_rate(state: TrainState, value: float) -> TrainState:
   """``state`` with a new constant rate (keeps the old value's sharding)."""
   old = learning_rate(state)
   new = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
-  lr_state = state.opt_state[_LR_STATE]
-  lr_state = lr_state._replace(
-      hyperparams={**lr_state.hyperparams, 'learning_rate': new})
-  opt_state = list(state.opt_state)
-  opt_state[_LR_STATE] = lr_state
-  return state.replace(opt_state=tuple(opt_state))
+  return state.replace(opt_state=optax.tree_utils.tree_set(
+      state.opt_state, learning_rate=new))
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: models.AlexNet,
-                       rng: jax.Array,
+def momentum(state: TrainState):
+  """The momentum ``v`` (learning-rate-scaled steps), a tree like the
+  parameters."""
+  return optax.tree_utils.tree_get(state.opt_state, 'trace')
+
+
+def create_train_state(config: ml_collections.ConfigDict,
+                       model: models.Interface, rng: jax.Array,
                        learning_rate: float | optax.Schedule | None = None
-                       ) -> train_state.TrainState:
-  """Parameters with the paper's init and a fresh optimizer state."""
+                       ) -> TrainState:
+  """Parameters with the model's init and a fresh optimizer state."""
   size = model.image_size
   params = jax.jit(model.init, static_argnames='train')(
       rng, jnp.zeros((1, size, size, 3), model.dtype), train=False)['params']
-  return train_state.TrainState.create(
+  return TrainState.create(
       apply_fn=model.apply, params=params,
-      tx=create_optimizer(config, learning_rate))
+      tx=create_optimizer(config, learning_rate), model=model)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -100,10 +116,10 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def train_step(state: train_state.TrainState, images: jax.Array,
+def train_step(state: TrainState, images: jax.Array,
                labels: jax.Array, rng: jax.Array, *,
                data_axis: str | None = None
-               ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a batch; ``rng`` drives dropout.
 
   Inside ``shard_map`` with the batch split over ``data_axis``, the loss and
@@ -131,7 +147,7 @@ def train_step(state: train_state.TrainState, images: jax.Array,
   return state, {'loss': loss, 'top1_error': 1.0 - accuracy}
 
 
-def eval_step(state: train_state.TrainState, images: jax.Array,
+def eval_step(state: TrainState, images: jax.Array,
               labels: jax.Array, mask: jax.Array | None = None, *,
               data_axis: str | None = None) -> dict[str, jax.Array]:
   """Sums over a batch, to be added up over an evaluation set: ``loss``,

@@ -76,7 +76,7 @@ class Preempted(Exception):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Clear errors for settings that cannot work (the model's own fields are
-  checked by ``models.AlexNet``)."""
+  checked by the model itself)."""
   steps.create_model(config.model)
   if config.input.dataset not in input_pipeline.DATASETS:
     raise ValueError(f'Unknown dataset {config.input.dataset!r}; use one of '
@@ -339,12 +339,12 @@ def _write_history(workdir: str, history: list[dict]) -> None:
 
 
 def _save_figures(workdir: str, state, history: list[dict]) -> None:
-  kernel = state.params['conv1']['kernel']
+  kernel = state.params[state.model.first_layer]['kernel']
   if not kernel.is_fully_addressable:
     kernel = multihost_utils.process_allgather(kernel, tiled=True)
   if jax.process_index() != 0:
     return
-  figures.save_kernels(np.asarray(kernel),
+  figures.save_kernels(state.model.kernels_by_tower(np.asarray(kernel)),
                        storage.join(workdir, 'conv1_kernels.png'))
   if history:
     figures.save_learning_curves(
@@ -452,7 +452,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   check_config(config)
   prepare_workdir(workdir)
   mesh = parallel.make_mesh(config)
-  if config.model.towers == 2 and mesh.shape[parallel.MODEL] == 1:
+  towers = steps.create_model(config.model).towers
+  if towers == 2 and mesh.shape[parallel.MODEL] == 1:
     logging.warning('Both towers run on every device (model axis 1): the '
                     'paper\'s split needs an even number of devices.')
   manager = checkpoint.create_manager(workdir, config)

@@ -23,8 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # The network (section 3, Figure 2); see alexnet_jax/models.py.
+  # The network (section 3, Figure 2): name picks alexnet_jax/models/<name>.py,
+  # the other fields are that model's (alexnet_jax/models/alexnet.py).
   config.model = ml_collections.ConfigDict(dict(
+      name='alexnet',
       num_classes=1000,
       towers=2,
       activation='relu',
@@ -41,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
       dropout_rate=0.5,
       init_stddev=0.01,  # section 5: weights N(0, 0.01)
       relu_bias_init=1.0,  # section 5: conv2, conv4, conv5, fc6, fc7
+      lrn_across_towers=False,  # Caffe's BVLC net: True (docs/other_alexnets.md)
       dtype='float32',  # or 'bfloat16': bfloat16 compute, float32 params
   ))
 

@@ -39,7 +39,7 @@ from ml_collections import config_flags
 
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
-from alexnet_jax import models
+from alexnet_jax.models import alexnet
 from alexnet_jax import steps
 from alexnet_jax import storage
 
@@ -64,7 +64,7 @@ class FourLayerNet(nn.Module):
     for features in self.features:
       x = nn.Conv(features, (self.kernel_size,) * 2, padding='SAME',
                   kernel_init=init)(x)
-      x = models.ACTIVATIONS[self.activation](x)
+      x = alexnet.ACTIVATIONS[self.activation](x)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
     return nn.Dense(self.num_classes, kernel_init=init)(
         x.reshape(x.shape[0], -1))

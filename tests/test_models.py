@@ -17,6 +17,7 @@ import pytest
 from jax import lax
 
 from alexnet_jax import models
+from alexnet_jax.models import alexnet
 
 SMALL = dict(width=0.125, image_size=67, num_classes=10)
 
@@ -59,7 +60,7 @@ def plain_lrn(x, radius, bias, alpha, beta):
   return x / (bias + alpha * total) ** beta
 
 
-def reference_logits(m: models.AlexNet, params, x):
+def reference_logits(m: alexnet.AlexNet, params, x):
   """The single-device net with grouped convolutions (dropout off)."""
   towers = m.towers
   act = {'relu': nn.relu, 'tanh': jnp.tanh}[m.activation]
@@ -119,14 +120,14 @@ def paper_parameter_count(towers):
 
 def test_paper_parameter_count():
   assert paper_parameter_count(2) == 60_965_224  # the figure in paper.md
-  assert models.num_params(init(models.AlexNet())) == 60_965_224
-  assert (models.num_params(init(models.AlexNet(towers=1)))
+  assert models.num_params(init(alexnet.AlexNet())) == 60_965_224
+  assert (models.num_params(init(alexnet.AlexNet(towers=1)))
           == paper_parameter_count(1))
 
 
 @pytest.mark.parametrize('image_size', [224, 227])
 def test_paper_shapes_at_every_layer(image_size):
-  m = models.AlexNet(image_size=image_size)
+  m = alexnet.AlexNet(image_size=image_size)
   params = init(m)
   x = images(m, batch=2)
   logits, state = apply(m, params, x, mutable=['intermediates'])
@@ -152,7 +153,7 @@ def test_paper_shapes_at_every_layer(image_size):
 
 
 def test_paper_net_matches_grouped_reference():
-  m = models.AlexNet()
+  m = alexnet.AlexNet()
   params = init(m)
   x = images(m, batch=1)
   np.testing.assert_allclose(
@@ -162,7 +163,7 @@ def test_paper_net_matches_grouped_reference():
 
 
 def test_paper_init():
-  params = init(models.AlexNet(), seed=3)
+  params = init(alexnet.AlexNet(), seed=3)
   for layer, p in params.items():
     w = np.asarray(p['kernel'])
     assert abs(w.mean()) < 1e-3, layer
@@ -189,7 +190,7 @@ def test_paper_init():
     dict(lrn_depth_radius=1, lrn_alpha=0.3, lrn_bias=1.0, lrn_beta=0.5),
 ])
 def test_matches_reference_values_and_gradients(fields):
-  m = models.AlexNet(**SMALL, **fields)
+  m = alexnet.AlexNet(**SMALL, **fields)
   params = init(m)
   # Scale the weights up so that LRN and tanh are far from linear.
   params = jax.tree.map(lambda p: p * 20, params)
@@ -219,11 +220,11 @@ def test_matches_reference_values_and_gradients(fields):
 
 def test_split_code_path_matches_one_device():
   """model_axis: one tower per call (vmapped here) equals both on one device."""
-  m = models.AlexNet(**SMALL)
-  split = models.AlexNet(**SMALL, model_axis='model')
+  m = alexnet.AlexNet(**SMALL)
+  split = alexnet.AlexNet(**SMALL, model_axis='model')
   params = init(m)
   x = images(m)
-  axes = models.tower_axes(params)
+  axes = m.tower_axes(params)
   # Each tower's slice keeps a tower axis of size 1, as a shard would.
   per_tower = jax.tree.map(
       lambda p, a: p if a is None else p.reshape((2, 1) + p.shape[1:]),
@@ -246,7 +247,7 @@ def test_split_code_path_matches_one_device():
 
 
 def test_dropout_only_in_training_and_deterministic():
-  m = models.AlexNet(**SMALL)
+  m = alexnet.AlexNet(**SMALL)
   params = init(m)
   x = images(m)
   eval_out = m.apply({'params': params}, x, train=False)  # needs no rng
@@ -256,14 +257,14 @@ def test_dropout_only_in_training_and_deterministic():
   np.testing.assert_array_equal(apply(m, params, x, True, seed=0), train_out)
   assert not np.allclose(train_out, eval_out)
   assert not np.allclose(train_out, apply(m, params, x, True, seed=1))
-  no_dropout = models.AlexNet(**SMALL, dropout_rate=0.0)
+  no_dropout = alexnet.AlexNet(**SMALL, dropout_rate=0.0)
   np.testing.assert_array_equal(apply(no_dropout, params, x, True), eval_out)
 
 
 def test_dropout_masks_rate_scale_and_towers():
-  m = models.AlexNet(**SMALL, dropout_rate=0.3)
+  m = alexnet.AlexNet(**SMALL, dropout_rate=0.3)
   xs = [jnp.ones((64, 512)), jnp.ones((64, 512))]
-  out = m.apply({}, xs, True, 0, method=models.AlexNet._dropout,
+  out = m.apply({}, xs, True, 0, method=alexnet.AlexNet._dropout,
                 rngs={'dropout': jax.random.key(0)})
   for y in out:
     kept = np.asarray(y) != 0
@@ -273,7 +274,7 @@ def test_dropout_masks_rate_scale_and_towers():
 
 
 def test_same_seed_same_parameters_and_outputs():
-  m = models.AlexNet(**SMALL)
+  m = alexnet.AlexNet(**SMALL)
   a, b = init(m, seed=4), init(m, seed=4)
   chex.assert_trees_all_equal(a, b)
   assert not np.array_equal(a['conv1']['kernel'],
@@ -289,43 +290,43 @@ def shapes(m, batch=1):
 
 
 def test_fields_change_what_they_should():
-  _, base = shapes(models.AlexNet(**SMALL))
+  _, base = shapes(alexnet.AlexNet(**SMALL))
   # 67 -> conv1 15 -> 7 -> 3 -> 1 with pooling 3/2; width 1/8 of 48 is 6.
   assert base['conv1_out'] == (1, 15, 15, 6)
   assert base['pool5_out'] == (1, 1, 1, 16)
   assert base['fc7_out'] == (1, 256)
 
-  _, wide = shapes(models.AlexNet(**{**SMALL, 'width': 0.25}))
+  _, wide = shapes(alexnet.AlexNet(**{**SMALL, 'width': 0.25}))
   assert wide['conv1_out'] == (1, 15, 15, 12)
   assert wide['fc7_out'] == (1, 512)
 
-  params, one = shapes(models.AlexNet(**SMALL, towers=1))
+  params, one = shapes(alexnet.AlexNet(**SMALL, towers=1))
   assert one['conv1_out'] == (1, 15, 15, 6)      # half the kernels
   assert one['conv5_out'] == (1, 3, 3, 32)       # full-size conv5
   assert one['fc7_out'] == (1, 512)              # full-size FC layers
   assert params['conv3']['kernel'].shape == (1, 3, 3, 16, 24)
 
-  _, nonoverlap = shapes(models.AlexNet(pool_window=2, pool_stride=2,
+  _, nonoverlap = shapes(alexnet.AlexNet(pool_window=2, pool_stride=2,
                                         width=0.0625))
   assert [nonoverlap[k][1] for k in ('conv1_out', 'pool1_out', 'pool2_out',
                                      'pool5_out')] == [55, 27, 13, 6]
 
-  m = models.AlexNet(**{**SMALL, 'num_classes': 7})
+  m = alexnet.AlexNet(**{**SMALL, 'num_classes': 7})
   assert apply(m, init(m), images(m)).shape == (2, 7)
 
-  assert models.feature_sizes(224) == (55, 27, 13, 6)
-  assert models.feature_sizes(227) == (55, 27, 13, 6)
-  assert models.min_image_size() == 64
-  models.feature_sizes(64)
+  assert alexnet.feature_sizes(224) == (55, 27, 13, 6)
+  assert alexnet.feature_sizes(227) == (55, 27, 13, 6)
+  assert alexnet.min_image_size() == 64
+  alexnet.feature_sizes(64)
   with pytest.raises(ValueError):
-    models.feature_sizes(63)
+    alexnet.feature_sizes(63)
 
 
 def test_activation_and_lrn_fields_change_the_output():
-  base = models.AlexNet(**SMALL)
+  base = alexnet.AlexNet(**SMALL)
   params = jax.tree.map(lambda p: p * 20, init(base))
   x = images(base)
-  out = lambda **kw: apply(models.AlexNet(**SMALL, **kw), params, x)
+  out = lambda **kw: apply(alexnet.AlexNet(**SMALL, **kw), params, x)
   reference = out()
   assert not np.allclose(out(activation='tanh'), reference)
   assert not np.allclose(out(use_lrn=False), reference)
@@ -333,14 +334,14 @@ def test_activation_and_lrn_fields_change_the_output():
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
-  m = models.AlexNet(**SMALL, dtype=jnp.bfloat16)
+  m = alexnet.AlexNet(**SMALL, dtype=jnp.bfloat16)
   params = init(m)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   logits, state = apply(m, params, images(m), mutable=['intermediates'])
   assert logits.dtype == jnp.float32
   for name, value in state['intermediates'].items():
     assert value[0][0].dtype == jnp.bfloat16, name
-  f32 = apply(models.AlexNet(**SMALL), params, images(m))
+  f32 = apply(alexnet.AlexNet(**SMALL), params, images(m))
   np.testing.assert_allclose(logits, f32, rtol=0.05, atol=0.05)
 
 
@@ -355,7 +356,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
     ((1, 200, 200, 3), 'image_size=224 but got 200x200'),
 ])
 def test_bad_images_are_refused_before_compiling(shape, match):
-  m = models.AlexNet()
+  m = alexnet.AlexNet()
   with pytest.raises(ValueError, match=match):
     jax.jit(m.init, static_argnames='train')(
         jax.random.key(0), jnp.zeros(shape), train=False)
@@ -374,4 +375,4 @@ def test_bad_images_are_refused_before_compiling(shape, match):
 ])
 def test_bad_fields_are_refused_at_construction(fields, match):
   with pytest.raises(ValueError, match=match):
-    models.AlexNet(**fields)
+    alexnet.AlexNet(**fields)

@@ -341,7 +341,7 @@ def test_fc7_features_are_what_fc8_reads(full_run, data_dir):
       builder, 'validation', crop_size=config.model.image_size,
       resize=config.input.resize, limit=5)
   assert images.shape == (5, 96, 96, 3) and labels.shape == (5,)
-  features = predict.fc7_features(state, images, batch_size=2)
+  features = predict.features(state, images, batch_size=2)
   fc8 = jax.device_get(state.params['fc8'])
   assert features.shape == (5, fc8['kernel'].shape[0] *
                             fc8['kernel'].shape[1])

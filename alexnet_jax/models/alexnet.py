@@ -19,7 +19,7 @@ fc8's input, where, as in cuda-convnet's two-GPU layer file, fc8 holds one
 weight block per tower and sums the blocks' products (``psum``). fc8's bias is
 shared, not per tower.
 
-Input size (the 224/227 puzzle, paper.md): we follow cuda-convnet, which
+Input size (the 224/227 puzzle, docs/paper.md): we follow cuda-convnet, which
 computes ``1 + ceil((img - 11) / 4)`` conv1 positions. A 224x224 input is
 padded by 3 pixels at the bottom and right (the kernel's overhang), giving
 55x55; a 227x227 input needs no padding and gives the same 55x55. Shapes
@@ -29,12 +29,18 @@ then go 55 -> 27 (pool) -> 27 (conv2) -> 13 (pool) -> 13 (conv3-5) -> 6.
 footnote): one tower with the per-tower kernel counts in conv1-conv4, but a
 full-size conv5 (256 kernels) and full-size fc6/fc7 (4096 units) so that the
 two nets have about the same number of parameters.
+
+Caffe's BVLC AlexNet (docs/other_alexnets.md) is this net with other LRN
+settings: ``lrn_across_towers=True`` (its LRN window runs over all channels
+of a layer, across the tower boundary), alpha divided by the window and
+``k = 1``; ``python -m alexnet_jax.import_weights --source=caffe`` loads its
+weights with the towers intact.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -52,6 +58,8 @@ CONV5_FEATURES = 256
 FC_FEATURES = 4096
 # (kernel size, stride) of conv1-conv5; conv2-5 are padded to keep their size.
 CONV_KERNELS = ((11, 4), (5, 1), (3, 1), (3, 1), (3, 1))
+# fc8's bias is one for the whole net, not one per tower.
+SHARED_PARAMS = (('fc8', 'bias'),)
 # Paper section 5: weights N(0, 0.01); biases 1 where a ReLU should start
 # with positive input (conv2, conv4, conv5, fc6, fc7), 0 elsewhere.
 INIT_STDDEV = 0.01
@@ -226,6 +234,10 @@ class AlexNet(nn.Module):
       variants learn much faster with more, see configs/default.py).
     relu_bias_init: the initial bias of conv2, conv4, conv5, fc6 and fc7
       (paper: 1; Caffe's BVLC model: 0.1, reporting a flat loss with 1).
+    lrn_across_towers: False (paper): each tower normalizes over its own
+      channels; True (Caffe's BVLC net): over all channels of the layer,
+      so the window crosses the tower boundary (with ``model_axis`` that
+      costs an all-gather of the layer's channels before each LRN).
     dtype: compute dtype (bfloat16 computes in bfloat16 with float32
       parameters; LRN accumulates in float32; logits are float32).
     model_axis: name of the mesh axis the towers are split over inside
@@ -246,8 +258,12 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   init_stddev: float = INIT_STDDEV
   relu_bias_init: float = 1.0
+  lrn_across_towers: bool = False
   dtype: Any = jnp.float32
   model_axis: str | None = None
+
+  feature_layer: ClassVar[str] = 'fc7'
+  first_layer: ClassVar[str] = 'conv1'
 
   def __post_init__(self):
     _validate_fields(self)
@@ -324,10 +340,19 @@ class AlexNet(nn.Module):
   def _norm(self, xs):
     if not self.use_lrn:
       return xs
-    # Per tower: the window never crosses the tower boundary (paper.md).
-    return [lrn.local_response_norm(
+    norm = lambda x: lrn.local_response_norm(
         x, depth_radius=self.lrn_depth_radius, bias=self.lrn_bias,
-        alpha=self.lrn_alpha, beta=self.lrn_beta) for x in xs]
+        alpha=self.lrn_alpha, beta=self.lrn_beta)
+    if not self.lrn_across_towers:
+      # Paper: per tower, the window never crosses the tower boundary.
+      return [norm(x) for x in xs]
+    # Caffe: one window over the layer's channels, towers side by side.
+    full = norm(gather_towers(xs, self.model_axis)[0])
+    width = xs[0].shape[-1]
+    if self.model_axis is None:
+      return [full[..., t * width:(t + 1) * width] for t in range(len(xs))]
+    first = lax.axis_index(self.model_axis) * width
+    return [lax.dynamic_slice_in_dim(full, first, width, axis=-1)]
 
   def _pool(self, xs):
     w, s = self.pool_window, self.pool_stride
@@ -345,6 +370,23 @@ class AlexNet(nn.Module):
       mask = jax.random.bernoulli(key, keep, x.shape)
       out.append(jnp.where(mask, x / keep, 0).astype(x.dtype))
     return out
+
+  def tower_axes(self, tree):
+    """A tree like ``tree``: 0 where a leaf's leading axis is the tower axis,
+    None for scalars and for the parameters all towers share (fc8's bias).
+
+    ``tree`` is the parameters or anything whose leaves end in parameter
+    paths (gradients, optimizer state). Usable as ``jax.vmap`` ``in_axes``
+    and to build sharding specs.
+    """
+    def axis(path, leaf):
+      names = tuple(getattr(k, 'key', None) for k in path)
+      scalar = not getattr(leaf, 'shape', ())
+      return None if scalar or names[-2:] in SHARED_PARAMS else 0
+    return jax.tree_util.tree_map_with_path(axis, tree)
+
+  def kernels_by_tower(self, kernel):
+    return kernel  # already [towers, k, k, 3, n]
 
   def check_images(self, images) -> None:
     """Raises ValueError unless ``images`` is ``(N, image_size, image_size, 3)``."""
@@ -387,24 +429,4 @@ def _validate_fields(m: AlexNet) -> None:
   feature_sizes(m.image_size, m.pool_window, m.pool_stride)
 
 
-def num_params(params) -> int:
-  """Total number of parameters in a tree."""
-  return sum(x.size for x in jax.tree_util.tree_leaves(params))
-
-
-SHARED_PARAMS = (('fc8', 'bias'),)
-
-
-def tower_axes(tree):
-  """A tree like ``tree``: 0 where a leaf's leading axis is the tower axis,
-  None for scalars and for the parameters all towers share (fc8's bias).
-
-  ``tree`` is the parameters or anything whose leaves end in parameter paths
-  (gradients, optimizer state). Usable as ``jax.vmap`` ``in_axes`` and to
-  build sharding specs.
-  """
-  def axis(path, leaf):
-    names = tuple(getattr(k, 'key', None) for k in path)
-    scalar = not getattr(leaf, 'shape', ())
-    return None if scalar or names[-2:] in SHARED_PARAMS else 0
-  return jax.tree_util.tree_map_with_path(axis, tree)
+Model = AlexNet
