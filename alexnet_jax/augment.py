@@ -27,29 +27,31 @@ import numpy as np
 from alexnet_jax import input_pipeline
 
 
-@jax.jit
-def train_images(images: jax.Array, flip: jax.Array, pca_alpha: jax.Array
+@functools.partial(jax.jit, static_argnames='pixels')
+def train_images(images: jax.Array, flip: jax.Array, pca_alpha: jax.Array,
+                 pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS
                  ) -> jax.Array:
   """float32 ``[b, h, w, 3]`` from uint8 patches: each reflected where
   ``flip``, plus its PCA colour offset (``pca_alpha`` ``[b, 3]``, the
-  N(0, 0.1) draws), minus the mean RGB."""
-  pixels = images.astype(jnp.float32)
-  pixels = jnp.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels)
+  N(0, 0.1) draws), in the ``pixels`` convention (the paper's: minus the
+  mean RGB)."""
+  rgb = images.astype(jnp.float32)
+  rgb = jnp.where(flip[:, None, None, None], rgb[:, :, ::-1], rgb)
   eigvec = np.asarray(input_pipeline.PCA_EIGVEC, np.float32)
   eigval = np.asarray(input_pipeline.PCA_EIGVAL, np.float32)
   offset = 255.0 * (pca_alpha * eigval) @ eigvec.T
-  shift = offset - np.asarray(input_pipeline.MEAN_RGB, np.float32)
-  return pixels + shift[:, None, None, :]
+  return pixels.apply(rgb, offset[:, None, None, :])
 
 
-@functools.partial(jax.jit, static_argnames=('crop_size', 'ten_crop'))
-def eval_images(images: jax.Array, crop_size: int, ten_crop: bool
+@functools.partial(jax.jit,
+                   static_argnames=('crop_size', 'ten_crop', 'pixels'))
+def eval_images(images: jax.Array, crop_size: int, ten_crop: bool,
+                pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS
                 ) -> jax.Array:
-  """float32, mean subtracted: the centre patches ``[b, crop, crop, 3]`` as
-  they are, or with ``ten_crop`` the paper's ten patches
+  """float32 in the ``pixels`` convention: the centre patches ``[b, crop,
+  crop, 3]`` as they are, or with ``ten_crop`` the paper's ten patches
   ``[b, 10, crop, crop, 3]`` of each uint8 square ``[b, side, side, 3]``."""
-  pixels = images.astype(jnp.float32) - np.asarray(input_pipeline.MEAN_RGB,
-                                                   np.float32)
+  pixels = pixels.apply(images.astype(jnp.float32))
   if not ten_crop:
     return pixels
   far = pixels.shape[1] - crop_size

@@ -172,7 +172,8 @@ def benchmark_input(config, steps: int, warmup: int) -> dict:
       ds = input_pipeline.augmented_examples(
           ds, config.seed, crop_size=config.model.image_size,
           resize=config.input.resize, crop=config.input.crop,
-          pca_stddev=config.input.pca_stddev)
+          pca_stddev=config.input.pca_stddev,
+          pixels=input_pipeline.Pixels.from_config(config.input))
       batches = ds.batch(config.batch_size).prefetch(
           tf.data.AUTOTUNE).as_numpy_iterator()
       keys = ('image', 'label')

@@ -66,7 +66,7 @@ _SHAPE_DIM = 1
 
 # V1LayerParameter.LayerType number -> the type string Caffe's
 # UpgradeV1LayerType (src/caffe/util/upgrade_proto.cpp) gives it.
-V1_LAYER_TYPES = {
+_V1_LAYER_TYPES = {
     0: '', 35: 'AbsVal', 1: 'Accuracy', 30: 'ArgMax', 2: 'BNLL', 3: 'Concat',
     37: 'ContrastiveLoss', 4: 'Convolution', 5: 'Data', 39: 'Deconvolution',
     6: 'Dropout', 32: 'DummyData', 7: 'EuclideanLoss', 25: 'Eltwise',
@@ -111,7 +111,8 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
     pos += 1
     value |= (byte & 0x7F) << shift
     if byte < 0x80:
-      return value, pos
+      # Bits past the 64th are dropped, as protobuf's parsers drop them.
+      return value & (1 << 64) - 1, pos
     shift += 7
     if shift >= 70:
       raise ValueError(f'varint longer than 10 bytes at byte {start}')
@@ -192,8 +193,8 @@ def _numbers(buf: memoryview, begin: int, stop: int,
   """A packed run, or one unpacked element, of little-endian floats."""
   width = np.dtype(dtype).itemsize
   if (stop - begin) % width:
-    raise ValueError(f'packed {np.dtype(dtype).name} field at byte {begin} '
-                     f'is {stop - begin} bytes, not a multiple of {width}')
+    raise ValueError(f'packed {np.dtype(dtype).name} values at byte {begin} '
+                     f'take {stop - begin} bytes, not a multiple of {width}')
   return np.frombuffer(buf[begin:stop], dtype)
 
 
@@ -261,7 +262,7 @@ def _layer(buf: memoryview, begin: int, stop: int, v1: bool) -> Layer:
       type_ = _text(buf, b, s)
     elif v1 and wire == _VARINT and number == _V1_TYPE:
       value = _signed64(_varint(buf, b, s)[0])
-      type_ = V1_LAYER_TYPES.get(value, f'V1_TYPE_{value}')
+      type_ = _V1_LAYER_TYPES.get(value, f'V1_TYPE_{value}')
     elif v1 and wire == _LEN and number == _V1_V0_LAYER:
       raise ValueError(
           f'the layer at byte {begin} is in Caffe\'s V0 format (before '

@@ -68,6 +68,24 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict, *,
   return ocp.CheckpointManager(directory(workdir), options=options)
 
 
+# Fields added after runs were first recorded, with the value every run
+# recorded without them had. A model without a name is the paper's net.
+ADDED_MODEL_FIELDS = {'name': 'alexnet', 'lrn_across_towers': False}
+ADDED_INPUT_FIELDS = {'mean_rgb': (123.68, 116.78, 103.94),
+                      'std_rgb': (1.0, 1.0, 1.0), 'channel_order': 'RGB'}
+
+
+def with_added_fields(config: dict) -> dict:
+  """``config`` (a config.json's dict) as if written now: the added fields
+  it lacks, with the values it was run with."""
+  config = dict(config)
+  if 'model' in config and 'name' not in config['model']:
+    config['model'] = {**ADDED_MODEL_FIELDS, **config['model']}
+  if 'input' in config:
+    config['input'] = {**ADDED_INPUT_FIELDS, **config['input']}
+  return config
+
+
 def record(config: ml_collections.ConfigDict, extra: dict) -> dict:
   """What a checkpoint records besides the state: the model and dataset,
   and the training loop's ``extra`` (plain numbers)."""
@@ -91,8 +109,9 @@ def check_compatible(manager: ocp.CheckpointManager,
   else:
     return
   want = record(config, {})
-  diffs = [f'model.{k}: checkpoint {saved["model"].get(k)!r}, config {v!r}'
-           for k, v in want['model'].items() if saved['model'].get(k) != v]
+  saved_model = with_added_fields({'model': saved['model']})['model']
+  diffs = [f'model.{k}: checkpoint {saved_model.get(k)!r}, config {v!r}'
+           for k, v in want['model'].items() if saved_model.get(k) != v]
   if saved['dataset'] != want['dataset']:
     diffs.append(f'input.dataset: checkpoint {saved["dataset"]!r}, config '
                  f'{want["dataset"]!r}')

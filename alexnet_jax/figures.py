@@ -81,20 +81,23 @@ def save(fig, path: str, **kwargs) -> None:
   plt.close(fig)
 
 
-def pixels(images: np.ndarray) -> np.ndarray:
-  """Network inputs (mean-subtracted, 0..255) back to displayable RGB."""
-  return np.clip((images + np.array(input_pipeline.MEAN_RGB)) / 255, 0, 1)
+def displayable(images: np.ndarray,
+                pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS
+                ) -> np.ndarray:
+  """Network inputs (of the ``pixels`` convention) back to RGB in [0, 1]."""
+  return np.clip(pixels.invert(images) / 255, 0, 1)
 
 
 def plot_predictions(images: np.ndarray, labels: list[str],
-                     top: list[list[tuple[str, float]]]):
+                     top: list[list[tuple[str, float]]],
+                     pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS):
   """Figure 4, left: each image over a bar chart of its top-5 classes; the
   true label is the title, its bar red when it is among the five."""
   fig, axes = plt.subplots(2, len(images), squeeze=False,
                            figsize=(2.2 * len(images), 4.4),
                            gridspec_kw={'height_ratios': [3, 2]})
   for i, (image, label, classes) in enumerate(zip(images, labels, top)):
-    axes[0, i].imshow(pixels(image))
+    axes[0, i].imshow(displayable(image, pixels))
     axes[0, i].set_title(label, fontsize=9)
     axes[0, i].set_axis_off()
     names, probs = zip(*classes)
@@ -106,15 +109,16 @@ def plot_predictions(images: np.ndarray, labels: list[str],
   return fig
 
 
-def plot_neighbours(queries: np.ndarray, neighbours: np.ndarray):
+def plot_neighbours(queries: np.ndarray, neighbours: np.ndarray,
+                    pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS):
   """Figure 4, right: each query image (first column) and its nearest
-  training images ``neighbours[query, k]`` by fc7 features."""
+  training images ``neighbours[query, k]`` by the model's features."""
   rows, k = neighbours.shape[:2]
   fig, axes = plt.subplots(rows, k + 1, squeeze=False,
                            figsize=(1.3 * (k + 1), 1.3 * rows))
   for row, query, images in zip(axes, queries, neighbours):
     for ax, image in zip(row, [query, *images]):
-      ax.imshow(pixels(image))
+      ax.imshow(displayable(image, pixels))
       ax.set_axis_off()
   axes[0, 0].set_title('query', fontsize=9)
   fig.tight_layout()

@@ -3,7 +3,8 @@
 Training, the paper's way: rescale the shorter side to 256, take the centre
 256x256, then a random ``crop_size`` patch (224, or 227 for the other
 convention, see ``models/alexnet.py``) and a random horizontal reflection; add the
-PCA colour offset; subtract the mean RGB. Only the pixels of the final patch
+PCA colour offset; subtract the mean RGB (or apply another net's pixel
+convention, ``Pixels``). Only the pixels of the final patch
 are decoded: the patch is mapped back to the original image and cut out by
 ``tf.io.decode_and_crop_jpeg``, then reflected (still uint8) and resized,
 which is the same window as resize-then-crop and much cheaper.
@@ -18,6 +19,7 @@ parallelized.
 
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +47,58 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
 PCA_STDDEV = 0.1
 # Section 2: the shorter side is rescaled to 256 and the centre 256 kept.
 RESIZE = 256
+CHANNEL_ORDERS = ('RGB', 'BGR')
+
+
+@dataclasses.dataclass(frozen=True)
+class Pixels:
+  """The pixel convention a net's inputs follow: ``(rgb - mean_rgb) /
+  std_rgb`` per channel on a 0..255 scale, then the channels in
+  ``channel_order``. The paper's (the default): the mean RGB subtracted,
+  nothing divided, RGB. Imported nets record theirs in ``config.input``
+  (torchvision: its mean and std; Caffe: BGR minus its mean)."""
+  mean_rgb: tuple[float, float, float] = MEAN_RGB
+  std_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
+  channel_order: str = 'RGB'
+
+  @classmethod
+  def from_config(cls, input_config) -> 'Pixels':
+    """From ``config.input``'s ``mean_rgb``, ``std_rgb``, ``channel_order``.
+
+    Raises:
+      ValueError: not three values, a std that is not > 0, or an unknown
+        channel order.
+    """
+    pixels = cls(tuple(float(v) for v in input_config.mean_rgb),
+                 tuple(float(v) for v in input_config.std_rgb),
+                 input_config.channel_order)
+    if len(pixels.mean_rgb) != 3 or len(pixels.std_rgb) != 3:
+      raise ValueError(
+          f'input.mean_rgb={input_config.mean_rgb} and input.std_rgb='
+          f'{input_config.std_rgb} must have one value per channel (R, G, B).')
+    if min(pixels.std_rgb) <= 0:
+      raise ValueError(f'input.std_rgb={input_config.std_rgb} must be > 0 '
+                       f'(1.0 divides by nothing).')
+    if pixels.channel_order not in CHANNEL_ORDERS:
+      raise ValueError(f'Unknown input.channel_order '
+                       f'{input_config.channel_order!r}; use one of '
+                       f'{CHANNEL_ORDERS}.')
+    return pixels
+
+  def apply(self, rgb, offset=0.0):
+    """Network inputs from float RGB pixels (tf or jax, channels last) plus
+    ``offset`` (the PCA colour draw, broadcast over the pixels)."""
+    x = (rgb + (offset - np.asarray(self.mean_rgb, np.float32))) \
+        / np.asarray(self.std_rgb, np.float32)
+    return x[..., ::-1] if self.channel_order == 'BGR' else x
+
+  def invert(self, x: np.ndarray) -> np.ndarray:
+    """RGB pixels on a 0..255 scale from network inputs (numpy)."""
+    x = x[..., ::-1] if self.channel_order == 'BGR' else x
+    return x * np.asarray(self.std_rgb) + np.asarray(self.mean_rgb)
+
+
+PAPER_PIXELS = Pixels()
 
 
 def _decode_window(image_bytes: tf.Tensor, window_fn) -> tf.Tensor:
@@ -108,15 +162,11 @@ def pca_offset(seed: tf.Tensor, stddev: float = PCA_STDDEV) -> tf.Tensor:
   return 255.0 * tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGVAL))
 
 
-def normalize(image: tf.Tensor) -> tf.Tensor:
-  """Subtracts the mean RGB (section 2)."""
-  return image - tf.constant(MEAN_RGB, tf.float32)
-
-
 def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
                      crop_size: int, resize: int = RESIZE,
                      crop: str = 'paper',
-                     pca_stddev: float = PCA_STDDEV) -> tf.Tensor:
+                     pca_stddev: float = PCA_STDDEV,
+                     pixels: Pixels = PAPER_PIXELS) -> tf.Tensor:
   """One training image: float32 ``[crop_size, crop_size, 3]``, mean 0-ish.
 
   Args:
@@ -127,6 +177,7 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
     crop: 'paper' (a random ``crop_size`` patch of the centre square) or
       'inception' (a random 8%-100% area, 3/4-4/3 aspect patch, resized).
     pca_stddev: the PCA colour draw's standard deviation (0 turns it off).
+    pixels: the net's pixel convention (the paper's: minus the mean RGB).
   """
   crop_seed, flip_seed, pca_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
@@ -149,23 +200,21 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
   flip = tf.random.stateless_uniform([], flip_seed) < 0.5
   patch = tf.cond(flip, lambda: tf.reverse(patch, [1]), lambda: patch)
   # One pass over the pixels: colour offset and mean together.
-  shift = -tf.constant(MEAN_RGB, tf.float32)
-  if pca_stddev:
-    shift += pca_offset(pca_seed, pca_stddev)
-  return _to_float(patch, crop_size) + shift
+  offset = pca_offset(pca_seed, pca_stddev) if pca_stddev else 0.0
+  return pixels.apply(_to_float(patch, crop_size), offset)
 
 
 def preprocess_eval(image_bytes: tf.Tensor, *, crop_size: int,
-                    resize: int = RESIZE, ten_crop: bool = False
-                    ) -> tf.Tensor:
+                    resize: int = RESIZE, ten_crop: bool = False,
+                    pixels: Pixels = PAPER_PIXELS) -> tf.Tensor:
   """The centre patch ``[crop_size, crop_size, 3]``, or with ``ten_crop``
   the paper's ten patches ``[10, crop_size, crop_size, 3]``: the four
   corners and the centre of the ``resize`` square, then their reflections."""
   if not ten_crop:
     centre = (resize - crop_size) // 2
     window_fn = _resized_window(crop_size, resize, centre, centre)
-    return normalize(_to_float(_decode_window(image_bytes, window_fn),
-                               crop_size))
+    return pixels.apply(_to_float(_decode_window(image_bytes, window_fn),
+                                  crop_size))
   square = _decode_window(image_bytes,
                           _resized_window(resize, resize, 0, 0))
   square = _to_float(square, resize)
@@ -174,7 +223,7 @@ def preprocess_eval(image_bytes: tf.Tensor, *, crop_size: int,
   crops = [tf.image.crop_to_bounding_box(square, y, x, crop_size, crop_size)
            for y, x in corners]
   crops += [tf.image.flip_left_right(c) for c in crops]
-  return normalize(tf.stack(crops))
+  return pixels.apply(tf.stack(crops))
 
 
 def centre_square(image_bytes: tf.Tensor, resize: int = RESIZE
@@ -220,7 +269,8 @@ def dataset_builder(name: str, data_dir: str | None = None
 
 
 def centre_crops(builder: tfds.core.DatasetBuilder, split: str, *,
-                 crop_size: int, resize: int, limit: int | None = None
+                 crop_size: int, resize: int, limit: int | None = None,
+                 pixels: Pixels = PAPER_PIXELS
                  ) -> tuple[np.ndarray, np.ndarray]:
   """The first ``limit`` (default all) examples of ``split`` in file order
   as evaluation centre crops ``[n, crop_size, crop_size, 3]`` and labels,
@@ -231,7 +281,8 @@ def centre_crops(builder: tfds.core.DatasetBuilder, split: str, *,
   if limit is not None:
     ds = ds.take(limit)
   ds = ds.map(lambda x: (preprocess_eval(x['image'], crop_size=crop_size,
-                                         resize=resize), x['label']),
+                                         resize=resize, pixels=pixels),
+                         x['label']),
               num_parallel_calls=tf.data.AUTOTUNE)
   images, labels = zip(*tfds.as_numpy(ds.batch(1024)))
   return np.concatenate(images), np.concatenate(labels)
@@ -301,7 +352,7 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
                  global_batch_size: int, train: bool, crop_size: int,
                  resize: int = RESIZE, crop: str = 'paper',
                  pca_stddev: float = PCA_STDDEV, ten_crop: bool = False,
-                 seed: int = 0, epoch: int = 0, skip_batches: int = 0,
+                 pixels: Pixels = PAPER_PIXELS, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
                  shuffle_buffer: int = 16_384, process_index: int = 0,
                  process_count: int = 1) -> tf.data.Dataset:
   """This process's batches of ``split``, preprocessed as in the paper.
@@ -338,12 +389,13 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
     ds = augmented_examples(ds, _seed(seed, epoch, process_index),
                             first=skip_batches * local_batch,
                             crop_size=crop_size, resize=resize, crop=crop,
-                            pca_stddev=pca_stddev)
+                            pca_stddev=pca_stddev, pixels=pixels)
     ds = ds.batch(local_batch, drop_remainder=True)
   else:
     ds = ds.map(lambda ex: {
         'image': preprocess_eval(ex['image'], crop_size=crop_size,
-                                 resize=resize, ten_crop=ten_crop),
+                                 resize=resize, ten_crop=ten_crop,
+                                 pixels=pixels),
         'label': tf.cast(ex['label'], tf.int32), 'mask': True},
                 num_parallel_calls=tf.data.AUTOTUNE)
     padding = _eval_padding(builder, split, local_batch, process_count,
@@ -362,8 +414,8 @@ def _seed(*keys: int) -> int:
 
 def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
                        first: int = 0, crop_size: int, resize: int = RESIZE,
-                       crop: str = 'paper', pca_stddev: float = PCA_STDDEV
-                       ) -> tf.data.Dataset:
+                       crop: str = 'paper', pca_stddev: float = PCA_STDDEV,
+                       pixels: Pixels = PAPER_PIXELS) -> tf.data.Dataset:
   """``preprocess_train`` over ``{'image': encoded, 'label': int}`` examples,
   from example ``first`` on.
 
@@ -376,7 +428,8 @@ def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
       lambda i, ex: {
           'image': preprocess_train(
               ex['image'], tf.stack([stream, i]), crop_size=crop_size,
-              resize=resize, crop=crop, pca_stddev=pca_stddev),
+              resize=resize, crop=crop, pca_stddev=pca_stddev,
+              pixels=pixels),
           'label': tf.cast(ex['label'], tf.int32)},
       num_parallel_calls=tf.data.AUTOTUNE)
   return ds.ignore_errors(log_warning=True)

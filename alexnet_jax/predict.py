@@ -32,7 +32,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not storage.exists(path):
     raise ValueError(f'{path} does not exist: --workdir must be a directory '
                      f'that python -m alexnet_jax.main trained in.')
-  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
+  return ml_collections.ConfigDict(checkpoint.with_added_fields(
+      json.loads(storage.read_text(path))))
 
 
 def load_images(paths, config: ml_collections.ConfigDict) -> np.ndarray:
@@ -42,7 +43,8 @@ def load_images(paths, config: ml_collections.ConfigDict) -> np.ndarray:
     try:
       images.append(input_pipeline.preprocess_eval(
           tf.io.read_file(path), crop_size=config.model.image_size,
-          resize=config.input.resize).numpy())
+          resize=config.input.resize,
+          pixels=input_pipeline.Pixels.from_config(config.input)).numpy())
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
       raise ValueError(f'Cannot read {path!r} as an image (JPEG, PNG, GIF '
                        f'or BMP): {e.message}') from e

@@ -113,6 +113,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           f'input.crop={config.input.crop!r} needs the original images: the '
           f'prepared store holds the 256x256 squares the paper\'s crops come '
           f'from; use input.source=\'tfds\' for it.')
+  input_pipeline.Pixels.from_config(config.input)
   schedules.check_config(config)
 
 
@@ -199,6 +200,7 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
   while step < total_steps:
     epoch, skip = divmod(step, steps_per_epoch)
     count = min(steps_per_epoch - skip, total_steps - step)
+    pixels = input_pipeline.Pixels.from_config(config.input)
     common = dict(global_batch_size=config.batch_size,
                   crop_size=config.model.image_size,
                   pca_stddev=config.input.pca_stddev, seed=config.seed,
@@ -213,13 +215,13 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
       batches = input_pipeline.create_split(
           data, config.input.train_split, train=True,
           resize=config.input.resize, crop=config.input.crop,
-          shuffle_buffer=config.input.shuffle_buffer,
+          shuffle_buffer=config.input.shuffle_buffer, pixels=pixels,
           **common).take(count).as_numpy_iterator()
       keys = ('image', 'label')
     for images, labels, *draws in parallel.prefetch_to_mesh(mesh, batches,
                                                             keys):
       if draws:  # uint8 patches: reflection, colour and mean on the device
-        images = augment.train_images(images, *draws)
+        images = augment.train_images(images, *draws, pixels=pixels)
       yield step, images, labels
       step += 1
 
@@ -236,17 +238,20 @@ def evaluate(eval_step, state: train_state.TrainState, mesh, data,
                 crop_size=config.model.image_size, ten_crop=ten_crop,
                 process_index=jax.process_index(),
                 process_count=jax.process_count())
+  pixels = input_pipeline.Pixels.from_config(config.input)
   if _from_store(config):
     batches = prepared.eval_batches(data, config.input.eval_split, **common)
   else:
     batches = input_pipeline.create_split(
         data, config.input.eval_split, train=False,
-        resize=config.input.resize, **common).as_numpy_iterator()
+        resize=config.input.resize, pixels=pixels,
+        **common).as_numpy_iterator()
   totals = {}
   for images, labels, mask in parallel.prefetch_to_mesh(
       mesh, batches, ('image', 'label', 'mask')):
     if _from_store(config):
-      images = augment.eval_images(images, config.model.image_size, ten_crop)
+      images = augment.eval_images(images, config.model.image_size, ten_crop,
+                                   pixels)
     sums = _host(eval_step(state, images, labels, mask))
     totals = {k: totals.get(k, 0.0) + float(v) for k, v in sums.items()}
   count = totals.pop('count')
@@ -338,14 +343,19 @@ def _write_history(workdir: str, history: list[dict]) -> None:
                        ''.join(json.dumps(r) + '\n' for r in history))
 
 
-def _save_figures(workdir: str, state, history: list[dict]) -> None:
+def save_figures(workdir: str, state, history: list[dict],
+                 channel_order: str = 'RGB') -> None:
+  """The first layer's kernels (Figure 3; shown as RGB whatever the
+  channel order the net reads) and, with ``history``, the learning curves."""
   kernel = state.params[state.model.first_layer]['kernel']
   if not kernel.is_fully_addressable:
     kernel = multihost_utils.process_allgather(kernel, tiled=True)
   if jax.process_index() != 0:
     return
-  figures.save_kernels(state.model.kernels_by_tower(np.asarray(kernel)),
-                       storage.join(workdir, 'conv1_kernels.png'))
+  kernel = state.model.kernels_by_tower(np.asarray(kernel))
+  if channel_order == 'BGR':
+    kernel = kernel[..., ::-1, :]  # [towers, k, k, channels, n]
+  figures.save_kernels(kernel, storage.join(workdir, 'conv1_kernels.png'))
   if history:
     figures.save_learning_curves(
         history, storage.join(workdir, 'learning_curves.png'))
@@ -569,4 +579,4 @@ def _finish(config, workdir, state, mesh, builder, eval_step, history):
     logging.info('Ten-crop evaluation at step %d: %s', int(state.step), ten)
     history[-1].update({f'ten_crop_{k}': v for k, v in ten.items()})
     _write_history(workdir, history)
-  _save_figures(workdir, state, history)
+  save_figures(workdir, state, history, config.input.channel_order)

@@ -53,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
       resize=256,        # shorter side, then the centre square
       crop='paper',      # or 'inception'
       pca_stddev=0.1,    # the PCA colour draw; 0 turns it off
+      # The net's pixel convention, 0..255 scale: (rgb - mean_rgb) / std_rgb,
+      # channels in channel_order. Section 2: minus the mean RGB, RGB.
+      mean_rgb=(123.68, 116.78, 103.94),
+      std_rgb=(1.0, 1.0, 1.0),
+      channel_order='RGB',  # or 'BGR' (Caffe's nets)
       ten_crop_eval=True,  # the final evaluation; each epoch's is centre
       shuffle_buffer=16_384,
       train_split='train',

@@ -50,7 +50,7 @@ def convolution(x, weight, bias, *, stride=1, pad=0, group=1):
     kernels = weight[g * group_out:(g + 1) * group_out].reshape(group_out, -1)
     outputs.append(cols @ kernels.T)
   y = np.concatenate(outputs, axis=1).reshape(n, ho, wo, out_channels)
-  return y.transpose(0, 3, 1, 2) + np.asarray(bias).reshape(1, -1, 1, 1)
+  return y.transpose(0, 3, 1, 2) + np.asarray(bias)[:, None, None]
 
 
 def relu(x):
@@ -104,6 +104,11 @@ def forward(blobs: dict[str, list[np.ndarray]],
   Returns:
     float64 (N, fc8 outputs).
   """
+  for name, (weight, bias) in blobs.items():
+    if np.ndim(bias) != 1 or np.ndim(weight) != (2 if name[:2] == 'fc' else 4):
+      raise ValueError(
+          f'{name}: weight {np.shape(weight)}, bias {np.shape(bias)} are not '
+          f'in Caffe\'s current layout (squeeze legacy 4-D blobs first)')
   x = np.asarray(images_nchw, np.float64)
   for name, (stride, pad, group) in CONVOLUTIONS.items():
     x = relu(convolution(x, *blobs[name], stride=stride, pad=pad,

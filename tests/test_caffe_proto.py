@@ -74,11 +74,16 @@ def test_blobs_are_independent_writable_copies():
 def test_field_order_does_not_matter():
   """The name may follow the blobs; errors still name the layer."""
   blob = wire.encode_blob(np.arange(6.0).reshape(2, 3))
-  layer = (wire.length_delimited(7, blob) + wire.length_delimited(2, b'ReLU')
-           + wire.length_delimited(1, b'late'))
-  got, = caffe_proto.read_layers(wire.length_delimited(100, layer))
+  late_name = wire.length_delimited(2, b'ReLU') + wire.length_delimited(
+      1, b'late')
+  got, = caffe_proto.read_layers(wire.length_delimited(
+      100, wire.length_delimited(7, blob) + late_name))
   assert (got.name, got.type) == ('late', 'ReLU')
   np.testing.assert_array_equal(got.blobs[0], np.arange(6.0).reshape(2, 3))
+  short_blob = wire.length_delimited(7, wire.length_delimited(1, b'\x02'))
+  with pytest.raises(ValueError, match="layer 'late' \\(ReLU\\)"):
+    caffe_proto.read_layers(wire.length_delimited(
+        100, wire.length_delimited(7, short_blob) + late_name))
 
 
 def test_v1_type_names():
@@ -295,12 +300,13 @@ def test_repeated_shape_merges_like_google_protobuf(net_classes):
     pytest.param(wire.key(5, wire.SGROUP) * 200,
                  'groups nested deeper than 100', id='deep_groups'),
     pytest.param(_one_layer(wire.encode_blob(np.zeros((2, 3)))[:-4]),
-                 'field 5 at byte 32 needs 24 bytes but its message has 20 '
+                 'field 5 at byte 31 needs 24 bytes but its message has 20 '
                  'left', id='blob_cut'),
     pytest.param(
         _one_layer(wire.length_delimited(7, wire.length_delimited(1, b'\x02'))
                    + wire.length_delimited(5, b'\x00' * 6)),
-        'packed float32 field at byte 32 is 6 bytes, not a multiple of 4',
+        'packed float32 values at byte 32 take 6 bytes, not a multiple of '
+        '4',
         id='packed_floats_cut'),
     pytest.param(_one_layer(name=b'\xff'), 'string at byte 5 is not UTF-8',
                  id='name_not_utf8'),
@@ -470,3 +476,6 @@ def test_forward_of_a_narrow_alexnet():
   assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
   assert np.abs(logits[0] - logits[1]).max() > 0  # the images differ
   assert elapsed < 5, elapsed  # loops instead of im2col would take minutes
+  blobs['fc6'][1] = blobs['fc6'][1].reshape(1, 1, 1, -1)
+  with pytest.raises(ValueError, match=r'fc6: .*\(squeeze legacy 4-D blobs'):
+    ref.forward(blobs, images)
