@@ -213,17 +213,17 @@ def to_params(tensors: dict, names: dict[str, str], model, shapes,
   return params
 
 
-def load(source: str, path: str, config: ml_collections.ConfigDict) -> dict:
-  """The parameters of ``path`` (of ``source``) for ``config``'s model, as
-  numpy arrays in our layout; a ValueError before anything is written."""
+def convert(tensors: dict[str, np.ndarray], source: str,
+            config: ml_collections.ConfigDict) -> dict:
+  """``config``'s model's parameters, as numpy arrays in our layout, from
+  ``source``'s ``tensors`` (the layout conversion is linear: gradients
+  convert alike). Raises ValueError naming a misfit tensor."""
   model = steps.create_model(config.model)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros(
           (1, model.image_size, model.image_size, 3)), train=False))['params']
-  if source == 'torchvision':
-    tensors, names = read_torchvision(path), TORCHVISION_LAYERS
-  else:
-    tensors, names = read_caffe(path), {n: n for n in CAFFE_LAYERS}
+  names = (TORCHVISION_LAYERS if source == 'torchvision'
+           else {n: n for n in CAFFE_LAYERS})
   model_name = f'{config.model.name!r}'
   if set(shapes) != set(names):
     raise ValueError(f'--source={source} fits the layers {sorted(names)}; '
@@ -231,6 +231,13 @@ def load(source: str, path: str, config: ml_collections.ConfigDict) -> dict:
                      f'source\'s config (configs/alexnet_owt.py for '
                      f'torchvision, configs/bvlc_alexnet.py for caffe).')
   return to_params(tensors, names, model, shapes, model_name)
+
+
+def load(source: str, path: str, config: ml_collections.ConfigDict) -> dict:
+  """The parameters in ``path`` (of ``source``) for ``config``'s model; a
+  ValueError before anything is written."""
+  read = read_torchvision if source == 'torchvision' else read_caffe
+  return convert(read(path), source, config)
 
 
 # --------------------------------------------------------------------------
