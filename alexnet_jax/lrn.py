@@ -14,7 +14,7 @@ numbers unchanged::
 
     local_response_norm(x, **size_convention(size=5, alpha=1e-4, beta=0.75, k=2.0))
 
-Named settings (see ``shared/paper.md``):
+Named settings (docs/paper.md, "Alpha conventions"):
 
 * :data:`PAPER`: the paper's printed numbers, k=2, n=5, alpha=1e-4, beta=0.75.
 * :data:`CUDA_CONVNET`: what Krizhevsky's code effectively ran: its parser

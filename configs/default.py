@@ -7,7 +7,7 @@ minutes.
 The same code path as ImageNet: two towers, one per device, LRN, the
 paper's augmentation and ten-crop test, SGD with momentum and weight decay.
 What changes, and why (each measured on the 2-core CPU machine, 10,000
-training images an epoch; see the README):
+training images an epoch; see docs/results.md):
 
 * 96x96 inputs (resize 110 = 96 * 256/224) and 1/8 of every layer's width.
   At 64x64, conv3-conv5 see 2x2 maps: at width 1/4, 36% validation error

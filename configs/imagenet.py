@@ -8,8 +8,8 @@ Any field can be overridden on the command line, e.g.
 Two input sources (``input.source``): 'tfds' decodes, resizes and augments
 every original JPEG every epoch on the host; 'prepared' reads the paper's
 256x256 squares, made once, and leaves the reflection, colour and mean to
-the device (4x to 20x less host work an image, see the README's "Feeding a
-GPU"):
+the device (4x to 20x less host work an image, see docs/input.md, "Feeding
+a GPU"):
 
     python -m alexnet_jax.prepare --config=configs/imagenet.py
     python -m alexnet_jax.main --config=configs/imagenet.py --workdir=DIR \
