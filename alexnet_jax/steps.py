@@ -79,9 +79,16 @@ def create_optimizer(config: ml_collections.ConfigDict,
   )
 
 
+def _hyperparam(path, _) -> bool:
+  # The injected value, not the schedule's own state, which
+  # ``inject_hyperparams`` keeps under the same name in hyperparams_states.
+  return len(path) > 1 and getattr(path[-2], 'name', None) == 'hyperparams'
+
+
 def learning_rate(state: TrainState) -> jax.Array:
   """The rate the last update used (the next one, for a constant rate)."""
-  return optax.tree_utils.tree_get(state.opt_state, 'learning_rate')
+  return optax.tree_utils.tree_get(state.opt_state, 'learning_rate',
+                                   filtering=_hyperparam)
 
 
 def set_learning_rate(state: TrainState, value: float) -> TrainState:
@@ -89,7 +96,7 @@ def set_learning_rate(state: TrainState, value: float) -> TrainState:
   old = learning_rate(state)
   new = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
   return state.replace(opt_state=optax.tree_utils.tree_set(
-      state.opt_state, learning_rate=new))
+      state.opt_state, _hyperparam, learning_rate=new))
 
 
 def momentum(state: TrainState):
