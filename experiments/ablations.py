@@ -1,6 +1,6 @@
 """The paper's ablations (its section 3 and 4 claims), swept over seeds.
 
-    python experiments/ablations.py --config=configs/default.py \\
+    python -m experiments.ablations --config=configs/default.py \\
         --workdir=/tmp/ablations --seeds=3 --ablations=lrn,pooling
 
 Each ablation is a pair of config overrides (the paper's setting first);
@@ -20,14 +20,11 @@ only the model, so the same ablations run on ``configs/imagenet.py`` or a
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 import matplotlib
 matplotlib.use('Agg')
@@ -40,6 +37,8 @@ from alexnet_jax import figures
 from alexnet_jax import parallel
 from alexnet_jax import storage
 from alexnet_jax import train
+
+FLAGS = flags.FLAGS
 
 # name -> (what the paper reports, [(variant, model overrides), ...]).
 ABLATIONS = {
@@ -189,7 +188,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  FLAGS = flags.FLAGS
+  # Defined here, not on import (see alexnet_jax/evaluate.py): tests and
+  # notebooks import this module.
   config_flags.DEFINE_config_file('config', 'configs/default.py',
                                   'The base config.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Where the runs and tables go.')

@@ -1,6 +1,6 @@
 """A linear classifier on raw pixels: how hard the generated dataset is.
 
-    python experiments/linear_baseline.py [--config=configs/default.py]
+    python -m experiments.linear_baseline [--config=configs/default.py]
 
 Softmax regression on the same centre crops the network is evaluated on
 (``model.image_size`` pixels a side, mean subtracted, divided by 64), trained
@@ -10,12 +10,8 @@ the network trained by ``configs/default.py``.
 """
 
 import json
-import sys
-import os
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -27,10 +23,6 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import steps
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config.')
-flags.DEFINE_integer('epochs', 100, 'Full-batch passes.')
-flags.DEFINE_float('learning_rate', 1e-3, 'Adam step size.')
-flags.DEFINE_float('weight_decay', 1e-4, 'L2 on the weights.')
 
 
 def pixels(builder, split, config):
@@ -40,7 +32,9 @@ def pixels(builder, split, config):
   return images.reshape(len(images), -1) / 64.0, labels
 
 
-def main(_):
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   config = FLAGS.config
   builder = input_pipeline.dataset_builder(config.input.dataset,
                                            config.input.data_dir or None)
@@ -71,4 +65,10 @@ def main(_):
 
 
 if __name__ == '__main__':
+  # Defined here, not on import (see alexnet_jax/evaluate.py).
+  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config.',
+                                  lock_config=True)
+  flags.DEFINE_integer('epochs', 100, 'Full-batch passes.')
+  flags.DEFINE_float('learning_rate', 1e-3, 'Adam step size.')
+  flags.DEFINE_float('weight_decay', 1e-4, 'L2 on the weights.')
   app.run(main)

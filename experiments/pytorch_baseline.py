@@ -1,10 +1,16 @@
 """The same two-tower AlexNet in PyTorch, timed like alexnet_jax.benchmark.
 
 A yardstick for the project's speed claim, not part of the package: it needs
-PyTorch, which requirements.txt does not install.
+PyTorch, which requirements.txt does not install (pyproject.toml's ``dev``
+extra does).
 
     pip install torch            # any recent CPU or CUDA build
     python experiments/pytorch_baseline.py --batch_size=32 --steps=30
+
+Its flags are argparse's, not absl's as in every other command, on purpose:
+the file is plain PyTorch and imports nothing of the project's (no absl,
+JAX or TensorFlow), so it runs, and is timed, in an environment that has
+torch alone, and by its path, from anywhere.
 
 Prints one JSON line: the median train step (forward, backward, SGD with
 momentum and weight decay) with LRN and without, steps alternating so both

@@ -2,7 +2,7 @@
 training error with ReLUs against tanh units (section 3.1: "six times
 faster" with ReLUs, on CIFAR-10).
 
-    python experiments/relu_tanh.py --config=configs/relu_tanh.py \\
+    python -m experiments.relu_tanh --config=configs/relu_tanh.py \\
         --workdir=/tmp/relu_tanh
 
 For each activation the learning rates of ``config.learning_rates`` are
@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import sys
 from typing import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
@@ -42,6 +38,8 @@ from alexnet_jax import input_pipeline
 from alexnet_jax.models import alexnet
 from alexnet_jax import steps
 from alexnet_jax import storage
+
+FLAGS = flags.FLAGS
 
 
 class FourLayerNet(nn.Module):
@@ -213,7 +211,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  FLAGS = flags.FLAGS
+  # Defined here, not on import (see alexnet_jax/evaluate.py): tests and
+  # notebooks import this module.
   config_flags.DEFINE_config_file('config', 'configs/relu_tanh.py',
                                   'The experiment config.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Where the results go.')

@@ -2,9 +2,10 @@
 
     python tests/multihost_worker.py OUT.json STEPS [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-Trains the small split net for STEPS steps on a 2x2 mesh, each process
-feeding only its own rows of every global batch, and (process 0) writes the
-losses and a checksum of every parameter to OUT.json.
+Trains the small split net (conftest's ``small_config``, batch 4) for STEPS
+steps on a 2x2 mesh, each process feeding only its own rows of every global
+batch, and (process 0) writes the losses and a checksum of every parameter
+to OUT.json.
 """
 
 import json
@@ -22,12 +23,10 @@ def main(out_path, num_steps, coordinator=None, num_processes=None,
       None if process_id is None else int(process_id), timeout_s=30)
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
-  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  # tests/, this script's folder, is on sys.path.
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
 
-  config = imagenet.get_config()
-  config.batch_size = 4
-  config.model_axis_size = 2
-  config.model.update(width=0.125, image_size=67, num_classes=10)
+  config = small_config(batch_size=4, model_axis_size=2)
   model = steps.create_model(config.model)
   mesh = parallel.make_mesh(config)
   assert mesh.size == 4, mesh

@@ -7,21 +7,19 @@ import sys
 import pytest
 
 from alexnet_jax import benchmark
-from configs import imagenet
+from conftest import small_config
 
 FIELDS = {'images_per_sec', 'step_ms', 'compile_s', 'batch_size',
           'image_size', 'dtype', 'devices', 'mesh', 'backend'}
 
 
-def small_config():
-  config = imagenet.get_config()
-  config.batch_size = 2
-  config.model.update(width=0.0625, image_size=64, num_classes=10)
-  return config
+def smallest_config():
+  """The smallest images the net takes (64x64), width 1/16, batch 2."""
+  return small_config(batch_size=2, width=0.0625, image_size=64)
 
 
 def test_benchmark_reports_step_and_lrn_share():
-  result = benchmark.benchmark(small_config(), steps=2, warmup=1,
+  result = benchmark.benchmark(smallest_config(), steps=2, warmup=1,
                                lrn_share=True)
   assert FIELDS <= set(result)
   assert result['batch_size'] == 2 and result['image_size'] == 64
@@ -53,18 +51,18 @@ def test_command_line_prints_one_json_line():
 ])
 def test_bad_step_counts_are_refused(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    benchmark.benchmark(small_config(), **kwargs)
+    benchmark.benchmark(smallest_config(), **kwargs)
 
 
 def test_lrn_share_needs_lrn():
-  config = small_config()
+  config = smallest_config()
   config.model.use_lrn = False
   with pytest.raises(ValueError, match='use_lrn'):
     benchmark.benchmark(config, steps=1, warmup=0, lrn_share=True)
 
 
 def test_input_benchmark_reports_per_core_rate():
-  config = small_config()
+  config = smallest_config()
   config.batch_size = 4
   config.input.resize = 73
   result = benchmark.benchmark_input(config, steps=2, warmup=1)
@@ -76,7 +74,7 @@ def test_input_benchmark_reports_per_core_rate():
 
 @pytest.mark.parametrize('fmt', ['jpeg', 'raw'])
 def test_input_benchmark_from_a_store_sends_uint8(fmt):
-  config = small_config()
+  config = smallest_config()
   config.batch_size = 4
   config.input.update(resize=73, source='prepared', store_format=fmt)
   result = benchmark.benchmark_input(config, steps=2, warmup=1)
@@ -90,6 +88,6 @@ def test_input_benchmark_from_a_store_sends_uint8(fmt):
     assert result['store_bytes_per_image'] == side
   else:
     assert 0 < result['store_bytes_per_image'] < side
-  tfds = benchmark.benchmark_input(small_config(), steps=1, warmup=0)
+  tfds = benchmark.benchmark_input(smallest_config(), steps=1, warmup=0)
   assert tfds['image_dtype'] == 'float32'
   assert tfds['bytes_to_device_per_image'] == 4 * 64 * 64 * 3 + 4

@@ -12,24 +12,12 @@ from alexnet_jax import input_pipeline as ip
 from alexnet_jax import parallel
 from alexnet_jax import synthetic_shapes
 from alexnet_jax import steps
-from configs import imagenet
+from conftest import small_config
+from conftest import undecoded_examples
 
 
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory):
-  """The tiny synthetic dataset, generated into a fresh directory."""
-  return ip.dataset_builder('synthetic_shapes/tiny',
-                            data_dir=str(tmp_path_factory.mktemp('tfds')))
-
-
-def raw(builder, split):
-  ds = builder.as_dataset(split=split,
-                          decoders={'image': tfds.decode.SkipDecoding()})
-  return list(tfds.as_numpy(ds))
-
-
-def test_generated_examples_are_deterministic_jpegs(shapes):
-  examples = raw(shapes, 'train')
+def test_generated_examples_are_deterministic_jpegs(tiny_builder):
+  examples = undecoded_examples(tiny_builder, 'train')
   assert len(examples) == 200
   by_label = np.bincount([ex['label'] for ex in examples], minlength=10)
   np.testing.assert_array_equal(by_label, 20)  # balanced
@@ -53,19 +41,21 @@ def digest(ex):
 
 
 @pytest.mark.parametrize('split,processes', [('train', 2), ('validation', 3)])
-def test_process_parts_are_disjoint_and_complete(shapes, split, processes):
-  whole = [digest(ex) for ex in raw(shapes, split)]
-  parts = [[digest(ex) for ex in raw(shapes, ip._process_split(
-      split, i, processes))] for i in range(processes)]
+def test_process_parts_are_disjoint_and_complete(tiny_builder, split,
+                                                 processes):
+  whole = [digest(ex) for ex in undecoded_examples(tiny_builder, split)]
+  parts = [[digest(ex) for ex in undecoded_examples(
+      tiny_builder, ip._process_split(split, i, processes))]
+           for i in range(processes)]
   assert sum(len(p) for p in parts) == len(whole)
   assert set().union(*parts) == set(whole)
 
 
-def test_eval_batches_cover_the_split_once_with_padding(shapes):
+def test_eval_batches_cover_the_split_once_with_padding(tiny_builder):
   per_process = []
   for i in range(3):  # 100 examples: 34, 33, 33 -> 3 batches of 12 each
     batches = list(tfds.as_numpy(ip.create_split(
-        shapes, 'validation', global_batch_size=36, train=False,
+        tiny_builder, 'validation', global_batch_size=36, train=False,
         crop_size=64, resize=73, process_index=i, process_count=3)))
     per_process.append(batches)
     for b in batches:
@@ -74,8 +64,8 @@ def test_eval_batches_cover_the_split_once_with_padding(shapes):
   assert {len(b) for b in per_process} == {3}
   assert sum(b['mask'].sum() for p in per_process for b in p) == 100
   ten = next(iter(tfds.as_numpy(ip.create_split(
-      shapes, 'validation', global_batch_size=4, train=False, crop_size=64,
-      resize=73, ten_crop=True))))
+      tiny_builder, 'validation', global_batch_size=4, train=False,
+      crop_size=64, resize=73, ten_crop=True))))
   assert ten['image'].shape == (4, 10, 64, 64, 3)
 
 
@@ -85,35 +75,36 @@ def first_batches(builder, n=2, **kw):
   return list(tfds.as_numpy(ip.create_split(builder, 'train', **kw).take(n)))
 
 
-def test_train_stream_is_deterministic_per_seed_and_process(shapes):
-  a, b = first_batches(shapes), first_batches(shapes)
+def test_train_stream_is_deterministic_per_seed_and_process(tiny_builder):
+  a, b = first_batches(tiny_builder), first_batches(tiny_builder)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x['image'], y['image'])
     np.testing.assert_array_equal(x['label'], y['label'])
-  other_seed = first_batches(shapes, seed=1)
+  other_seed = first_batches(tiny_builder, seed=1)
   assert not np.array_equal(a[0]['image'], other_seed[0]['image'])
-  other_process = first_batches(shapes, process_index=1, process_count=2,
-                                global_batch_size=16)
+  other_process = first_batches(tiny_builder, process_index=1,
+                                process_count=2, global_batch_size=16)
   assert other_process[0]['image'].shape == (8, 64, 64, 3)
   assert not np.array_equal(a[0]['image'], other_process[0]['image'])
 
 
-def test_epochs_are_reshuffled_and_a_resumed_epoch_skips_exactly(shapes):
+def test_epochs_are_reshuffled_and_a_resumed_epoch_skips_exactly(
+    tiny_builder):
   # 200 train images, batches of 8: 25 steps an epoch.
-  assert ip.steps_per_epoch(shapes, 'train', 8) == 25
-  assert ip.steps_per_epoch(shapes, 'train', 16, process_count=2) == 12
-  epoch0 = first_batches(shapes, 25)
+  assert ip.steps_per_epoch(tiny_builder, 'train', 8) == 25
+  assert ip.steps_per_epoch(tiny_builder, 'train', 16, process_count=2) == 12
+  epoch0 = first_batches(tiny_builder, 25)
   labels = np.concatenate([b['label'] for b in epoch0])
-  epoch1 = first_batches(shapes, 25, epoch=1)
+  epoch1 = first_batches(tiny_builder, 25, epoch=1)
   # One epoch is one pass: every class 20 times, and a new order next time.
   np.testing.assert_array_equal(np.bincount(labels), [20] * 10)
   assert not np.array_equal(
       labels, np.concatenate([b['label'] for b in epoch1]))
-  resumed = first_batches(shapes, 2, skip_batches=23)
+  resumed = first_batches(tiny_builder, 2, skip_batches=23)
   for want, got in zip(epoch0[23:], resumed):
     np.testing.assert_array_equal(want['image'], got['image'])
   with pytest.raises(ValueError, match='fewer than one batch.*batch_size=256'):
-    ip.steps_per_epoch(shapes, 'train', 256)
+    ip.steps_per_epoch(tiny_builder, 'train', 256)
 
 
 @pytest.mark.parametrize('name,size,resize', [('imagenet2012', 224, 256),
@@ -179,7 +170,7 @@ def test_imagenet_manual_archive_end_to_end(tmp_path, imagenet_archives):
 
   builder = ip.dataset_builder('imagenet2012', data_dir=str(tmp_path))
   names = builder.info.features['label'].names
-  train_examples = raw(builder, 'train')
+  train_examples = undecoded_examples(builder, 'train')
   assert sorted(names[ex['label']] for ex in train_examples) == sorted(
       synsets * 3)
   # Validation labels come from tfds's own file, by image name.
@@ -187,12 +178,12 @@ def test_imagenet_manual_archive_end_to_end(tmp_path, imagenet_archives):
       'datasets/imagenet2012/validation_labels.txt')
   want = labels_file.read_text().split()[:4]
   got = {ex['file_name'].decode(): names[ex['label']]
-         for ex in raw(builder, 'validation')}
+         for ex in undecoded_examples(builder, 'validation')}
   assert [got[f'ILSVRC2012_val_{i:08d}.JPEG'] for i in range(1, 5)] == want
 
-  config = imagenet.get_config()
-  config.batch_size = 4
-  config.model.update(width=0.0625, image_size=64)
+  # ImageNet's 1000 classes; the smallest images the net takes.
+  config = small_config(batch_size=4, width=0.0625, image_size=64,
+                        num_classes=1000)
   batch = first_batches(builder, 1, global_batch_size=4, crop_size=64,
                         resize=73)[0]
   model = steps.create_model(config.model)

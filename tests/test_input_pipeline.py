@@ -1,27 +1,17 @@
 """The paper's crops, reflections and colour augmentation, op by op."""
 
-import io
-
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from alexnet_jax import input_pipeline as ip
+from conftest import image_bytes
+from conftest import positions
 
 
-def encode(array, fmt='PNG', quality=95):
-  buf = io.BytesIO()
-  Image.fromarray(array.astype(np.uint8)).save(buf, format=fmt,
-                                               quality=quality)
-  return tf.constant(buf.getvalue())
-
-
-def positions(height, width):
-  """Red is the row, green and blue the column (col = 2 green + blue)."""
-  assert height <= 256 and width <= 512
-  y, x = np.mgrid[:height, :width]
-  return np.stack([y, x // 2, x % 2], -1)
+def encode(array, fmt='PNG'):
+  """``array`` as a PNG or JPEG file, the string tensor the pipeline reads."""
+  return tf.constant(image_bytes(array, fmt))
 
 
 def unnormalize(image):

@@ -18,8 +18,8 @@ from jax import lax
 
 from alexnet_jax import models
 from alexnet_jax.models import alexnet
-
-SMALL = dict(width=0.125, image_size=67, num_classes=10)
+from conftest import SMALL_NET
+from conftest import scaled
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -190,10 +190,9 @@ def test_paper_init():
     dict(lrn_depth_radius=1, lrn_alpha=0.3, lrn_bias=1.0, lrn_beta=0.5),
 ])
 def test_matches_reference_values_and_gradients(fields):
-  m = alexnet.AlexNet(**SMALL, **fields)
-  params = init(m)
-  # Scale the weights up so that LRN and tanh are far from linear.
-  params = jax.tree.map(lambda p: p * 20, params)
+  m = alexnet.AlexNet(**SMALL_NET, **fields)
+  # Weights x20 so that LRN and tanh are far from linear.
+  params = scaled(init(m))
   x = images(m)
   labels = jnp.array([1, 7])
 
@@ -220,8 +219,8 @@ def test_matches_reference_values_and_gradients(fields):
 
 def test_split_code_path_matches_one_device():
   """model_axis: one tower per call (vmapped here) equals both on one device."""
-  m = alexnet.AlexNet(**SMALL)
-  split = alexnet.AlexNet(**SMALL, model_axis='model')
+  m = alexnet.AlexNet(**SMALL_NET)
+  split = alexnet.AlexNet(**SMALL_NET, model_axis='model')
   params = init(m)
   x = images(m)
   axes = m.tower_axes(params)
@@ -247,7 +246,7 @@ def test_split_code_path_matches_one_device():
 
 
 def test_dropout_only_in_training_and_deterministic():
-  m = alexnet.AlexNet(**SMALL)
+  m = alexnet.AlexNet(**SMALL_NET)
   params = init(m)
   x = images(m)
   eval_out = m.apply({'params': params}, x, train=False)  # needs no rng
@@ -257,12 +256,12 @@ def test_dropout_only_in_training_and_deterministic():
   np.testing.assert_array_equal(apply(m, params, x, True, seed=0), train_out)
   assert not np.allclose(train_out, eval_out)
   assert not np.allclose(train_out, apply(m, params, x, True, seed=1))
-  no_dropout = alexnet.AlexNet(**SMALL, dropout_rate=0.0)
+  no_dropout = alexnet.AlexNet(**SMALL_NET, dropout_rate=0.0)
   np.testing.assert_array_equal(apply(no_dropout, params, x, True), eval_out)
 
 
 def test_dropout_masks_rate_scale_and_towers():
-  m = alexnet.AlexNet(**SMALL, dropout_rate=0.3)
+  m = alexnet.AlexNet(**SMALL_NET, dropout_rate=0.3)
   xs = [jnp.ones((64, 512)), jnp.ones((64, 512))]
   out = m.apply({}, xs, True, 0, method=alexnet.AlexNet._dropout,
                 rngs={'dropout': jax.random.key(0)})
@@ -274,7 +273,7 @@ def test_dropout_masks_rate_scale_and_towers():
 
 
 def test_same_seed_same_parameters_and_outputs():
-  m = alexnet.AlexNet(**SMALL)
+  m = alexnet.AlexNet(**SMALL_NET)
   a, b = init(m, seed=4), init(m, seed=4)
   chex.assert_trees_all_equal(a, b)
   assert not np.array_equal(a['conv1']['kernel'],
@@ -290,17 +289,17 @@ def shapes(m, batch=1):
 
 
 def test_fields_change_what_they_should():
-  _, base = shapes(alexnet.AlexNet(**SMALL))
+  _, base = shapes(alexnet.AlexNet(**SMALL_NET))
   # 67 -> conv1 15 -> 7 -> 3 -> 1 with pooling 3/2; width 1/8 of 48 is 6.
   assert base['conv1_out'] == (1, 15, 15, 6)
   assert base['pool5_out'] == (1, 1, 1, 16)
   assert base['fc7_out'] == (1, 256)
 
-  _, wide = shapes(alexnet.AlexNet(**{**SMALL, 'width': 0.25}))
+  _, wide = shapes(alexnet.AlexNet(**{**SMALL_NET, 'width': 0.25}))
   assert wide['conv1_out'] == (1, 15, 15, 12)
   assert wide['fc7_out'] == (1, 512)
 
-  params, one = shapes(alexnet.AlexNet(**SMALL, towers=1))
+  params, one = shapes(alexnet.AlexNet(**SMALL_NET, towers=1))
   assert one['conv1_out'] == (1, 15, 15, 6)      # half the kernels
   assert one['conv5_out'] == (1, 3, 3, 32)       # full-size conv5
   assert one['fc7_out'] == (1, 512)              # full-size FC layers
@@ -311,7 +310,7 @@ def test_fields_change_what_they_should():
   assert [nonoverlap[k][1] for k in ('conv1_out', 'pool1_out', 'pool2_out',
                                      'pool5_out')] == [55, 27, 13, 6]
 
-  m = alexnet.AlexNet(**{**SMALL, 'num_classes': 7})
+  m = alexnet.AlexNet(**{**SMALL_NET, 'num_classes': 7})
   assert apply(m, init(m), images(m)).shape == (2, 7)
 
   assert alexnet.feature_sizes(224) == (55, 27, 13, 6)
@@ -323,10 +322,10 @@ def test_fields_change_what_they_should():
 
 
 def test_activation_and_lrn_fields_change_the_output():
-  base = alexnet.AlexNet(**SMALL)
-  params = jax.tree.map(lambda p: p * 20, init(base))
+  base = alexnet.AlexNet(**SMALL_NET)
+  params = scaled(init(base))
   x = images(base)
-  out = lambda **kw: apply(alexnet.AlexNet(**SMALL, **kw), params, x)
+  out = lambda **kw: apply(alexnet.AlexNet(**SMALL_NET, **kw), params, x)
   reference = out()
   assert not np.allclose(out(activation='tanh'), reference)
   assert not np.allclose(out(use_lrn=False), reference)
@@ -334,14 +333,14 @@ def test_activation_and_lrn_fields_change_the_output():
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
-  m = alexnet.AlexNet(**SMALL, dtype=jnp.bfloat16)
+  m = alexnet.AlexNet(**SMALL_NET, dtype=jnp.bfloat16)
   params = init(m)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   logits, state = apply(m, params, images(m), mutable=['intermediates'])
   assert logits.dtype == jnp.float32
   for name, value in state['intermediates'].items():
     assert value[0][0].dtype == jnp.bfloat16, name
-  f32 = apply(alexnet.AlexNet(**SMALL), params, images(m))
+  f32 = apply(alexnet.AlexNet(**SMALL_NET), params, images(m))
   np.testing.assert_allclose(logits, f32, rtol=0.05, atol=0.05)
 
 

@@ -18,6 +18,8 @@ import pytest
 from alexnet_jax import parallel
 from alexnet_jax import prepare
 from configs import default
+from conftest import TINY_DATASET
+from conftest import on_tiny_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / 'tests' / 'multihost_worker.py'
@@ -89,7 +91,7 @@ def tiny_run_flags(tmp_path):
   workdir = tmp_path / 'run'
   return workdir, ['--config=configs/default.py', f'--workdir={workdir}',
                    '--config.num_train_steps=3', '--config.batch_size=16',
-                   '--config.input.dataset=synthetic_shapes/tiny',
+                   f'--config.input.dataset={TINY_DATASET}',
                    f'--config.input.data_dir={tmp_path / "data"}']
 
 
@@ -135,11 +137,9 @@ def test_two_processes_train_from_a_prepared_store(tmp_path):
   """The same run from a raw store: each process opens the store, reads its
   part and sends uint8 patches for its rows of every batch."""
   workdir, flags = tiny_run_flags(tmp_path)
-  config = default.get_config()
-  config.input.update(dataset='synthetic_shapes/tiny', store_format='raw',
-                      data_dir=str(tmp_path / 'data'),
-                      store_dir=str(tmp_path / 'store'))
-  prepare.prepare(config)
+  prepare.prepare(on_tiny_dataset(default.get_config(),
+                                  str(tmp_path / 'data'), store_format='raw',
+                                  store_dir=str(tmp_path / 'store')))
   proc = run(['bash', LAUNCH / 'local.sh', 2, *flags,
               '--config.input.source=prepared',
               '--config.input.store_format=raw',
@@ -452,7 +452,7 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step(tmp_path):
   flags = ['--config=configs/default.py', f'--workdir={workdir}',
            '--config.num_train_steps=1000', '--config.batch_size=16',
            '--config.log_every_steps=2',
-           '--config.input.dataset=synthetic_shapes/tiny',
+           f'--config.input.dataset={TINY_DATASET}',
            f'--config.input.data_dir={tmp_path / "data"}',
            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   log1 = tmp_path / 'process1.log'  # a file: nobody reads its pipe early

@@ -7,18 +7,10 @@ import os
 
 import nbclient
 import nbformat
-import pytest
 
-from alexnet_jax import input_pipeline
+from conftest import TINY_DATASET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  input_pipeline.dataset_builder('synthetic_shapes/tiny', path)
-  return path
 
 
 def run_notebook(name: str, **parameters) -> nbformat.NotebookNode:
@@ -39,22 +31,22 @@ def shown(notebook: nbformat.NotebookNode, mime: str) -> list[str]:
           if mime in output.get('data', {})]
 
 
-def test_the_relu_tanh_notebook_runs(data_dir, tmp_path):
+def test_the_relu_tanh_notebook_runs(tiny_data_dir, tmp_path):
   notebook = run_notebook(
       'relu_tanh.ipynb', REPO=REPO, INSTALL=False, WORKDIR=str(tmp_path),
-      OVERRIDES={'input.dataset': 'synthetic_shapes/tiny',
-                 'input.data_dir': data_dir, 'batch_size': 20,
+      OVERRIDES={'input.dataset': TINY_DATASET,
+                 'input.data_dir': tiny_data_dir, 'batch_size': 20,
                  'num_epochs': 2, 'learning_rates': (0.01,), 'seeds': 1})
   assert len(shown(notebook, 'image/png')) == 1
   (table,) = shown(notebook, 'text/markdown')
   assert '| relu | 0.01 |' in table and '| tanh | 0.01 |' in table
 
 
-def test_the_trained_model_notebook_runs(data_dir, tmp_path):
+def test_the_trained_model_notebook_runs(tiny_data_dir, tmp_path):
   notebook = run_notebook(
       'trained_model.ipynb', REPO=REPO, INSTALL=False, WORKDIR=str(tmp_path),
-      OVERRIDES={'input.dataset': 'synthetic_shapes/tiny',
-                 'input.data_dir': data_dir, 'batch_size': 16,
+      OVERRIDES={'input.dataset': TINY_DATASET,
+                 'input.data_dir': tiny_data_dir, 'batch_size': 16,
                  'num_epochs': 1},
       NUM_IMAGES=4, NUM_QUERIES=2, NEIGHBOURS=3, POOL=50)
   # Curves, kernels, predictions, neighbours.

@@ -1,4 +1,10 @@
-"""The split step against the single-device step, its collectives, its memory."""
+"""The split step against the single-device step, its collectives, its memory.
+
+Every tensor the step moves is small with conftest's ``small_config`` (67x67
+images, 10 classes); the wiring is the same. The states' weights are x20
+(conftest's ``scaled``) so that no layer's gradient is too small to show an
+error.
+"""
 
 import re
 
@@ -10,28 +16,13 @@ import pytest
 from alexnet_jax import parallel
 from alexnet_jax import steps
 from configs import imagenet
-
-# Every tensor the step moves is small at this size; the wiring is the same.
-SMALL = dict(width=0.125, image_size=67, num_classes=10)
-
-
-def small_config(model_axis_size, batch_size=4, **model):
-  config = imagenet.get_config()
-  config.batch_size = batch_size
-  config.model_axis_size = model_axis_size
-  config.model.update(**SMALL, **model)
-  return config
+from conftest import scaled
+from conftest import small_config
 
 
 def batch(n=4):
   images = np.asarray(jax.random.normal(jax.random.key(1), (n, 67, 67, 3)))
   return images, np.arange(n) % 10
-
-
-def scaled(state):
-  """Weights x20 (std 0.2): with the paper's N(0, 0.01) a small net's early
-  gradients are ~1e-7 and would hide any error."""
-  return state.replace(params=jax.tree.map(lambda p: 20 * p, state.params))
 
 
 def single_device_step(config, rng):
@@ -55,7 +46,8 @@ def split_step(config, rng, num_devices):
 def test_split_step_equals_single_device(mesh_shape):
   data, model = mesh_shape
   rng = jax.random.key(0)
-  config = small_config(model, dropout_rate=0.0)
+  config = small_config(batch_size=4, model_axis_size=model,
+                        dropout_rate=0.0)
   before, want, want_metrics = single_device_step(config, rng)
   mesh, (got, metrics) = split_step(config, rng, data * model)
   assert dict(mesh.shape) == {'data': data, 'model': model}
@@ -79,7 +71,7 @@ def assert_trees_close(got, want):
 
 @pytest.mark.parametrize('mesh_shape', [(1, 2), (2, 2)])
 def test_split_eval_step_equals_single_device(mesh_shape):
-  config = small_config(mesh_shape[1], batch_size=8)
+  config = small_config(batch_size=8, model_axis_size=mesh_shape[1])
   model = steps.create_model(config.model)
   rng = jax.random.key(0)
   images, labels = batch(8)
@@ -97,7 +89,7 @@ def test_split_eval_step_equals_single_device(mesh_shape):
 
 
 def test_dropout_in_the_split_step_is_deterministic():
-  config = small_config(2)  # dropout 0.5 on
+  config = small_config(batch_size=4, model_axis_size=2)  # dropout 0.5 on
   rng = jax.random.key(0)
   _, (a, ma) = split_step(config, rng, 4)
   _, (b, mb) = split_step(config, rng, 4)
@@ -205,14 +197,16 @@ def test_each_device_holds_one_tower(paper_split):
     (dict(model_axis_size=2, towers=1), 2, 'towers=1'),
 ])
 def test_bad_mesh_settings_are_refused(overrides, devices, match):
-  config = small_config(overrides.pop('model_axis_size'),
+  config = small_config(model_axis_size=overrides.pop('model_axis_size'),
                         batch_size=overrides.pop('batch_size', 4), **overrides)
   with pytest.raises(ValueError, match=match):
     parallel.make_mesh(config, jax.devices()[:devices])
 
 
 def test_auto_model_axis():
-  assert parallel.model_axis_size(small_config(0), 4) == 2
-  assert parallel.model_axis_size(small_config(0), 1) == 1
-  assert parallel.model_axis_size(small_config(0), 3) == 1
-  assert parallel.model_axis_size(small_config(0, towers=1), 4) == 1
+  auto = small_config(batch_size=4, model_axis_size=0)
+  assert parallel.model_axis_size(auto, 4) == 2
+  assert parallel.model_axis_size(auto, 1) == 1
+  assert parallel.model_axis_size(auto, 3) == 1
+  one_tower = small_config(batch_size=4, model_axis_size=0, towers=1)
+  assert parallel.model_axis_size(one_tower, 4) == 1

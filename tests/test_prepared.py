@@ -4,14 +4,12 @@ pixel content, as the tf.data augmentation is), the device's half of the
 augmentation, and every bad start."""
 
 import io
-import json
 import os
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from alexnet_jax import augment
@@ -20,32 +18,28 @@ from alexnet_jax import parallel
 from alexnet_jax import prepare
 from alexnet_jax import prepared
 from configs import default
+from conftest import image_bytes
+from conftest import on_tiny_dataset
+from conftest import positions
+from conftest import undecoded_examples
 
 RESIZE, CROP = 110, 96  # the default config's sizes
 
 
 def config_for(data_dir, store_dir, fmt='raw', **input_fields):
-  config = default.get_config()
-  config.input.update(dict(dict(
-      dataset='synthetic_shapes/tiny', data_dir=data_dir,
-      store_dir=str(store_dir), store_format=fmt, source='prepared'),
-      **input_fields))
-  return config
+  """The default config reading a ``fmt`` store in ``store_dir`` of the tiny
+  dataset in ``data_dir``; ``input_fields`` override any input field."""
+  return on_tiny_dataset(default.get_config(), data_dir, **{
+      'store_dir': str(store_dir), 'store_format': fmt, 'source': 'prepared',
+      **input_fields})
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  ip.dataset_builder('synthetic_shapes/tiny', path)
-  return path
-
-
-@pytest.fixture(scope='module')
-def stores(data_dir, tmp_path_factory):
+def stores(tiny_data_dir, tmp_path_factory):
   """The tiny dataset prepared raw and as JPEG."""
   out = {}
   for fmt in prepared.FORMATS:
-    config = config_for(data_dir, tmp_path_factory.mktemp(fmt), fmt)
+    config = config_for(tiny_data_dir, tmp_path_factory.mktemp(fmt), fmt)
     prepare.prepare(config)
     out[fmt] = open_store(config)
   return out
@@ -56,39 +50,20 @@ def open_store(config):
                         ('train', 'validation'))
 
 
-def source_examples(data_dir, split):
-  builder = ip.dataset_builder('synthetic_shapes/tiny', data_dir)
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={'image': tfds.decode.SkipDecoding()})
-  return list(tfds.as_numpy(ds))
-
-
 def all_batches(batches):
   batches = list(batches)
   return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-
-
-def png(array):
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(array, np.uint8)).save(buf, format='PNG')
-  return buf.getvalue()
-
-
-def positions(height, width):
-  """Red is the row, green and blue the column (col = 2 green + blue)."""
-  y, x = np.mgrid[:height, :width]
-  return np.stack([y, x // 2, x % 2], -1)
 
 
 # --------------------------------------------------------------------------
 # What prepare writes.
 
 def test_raw_squares_are_the_tfds_pipelines_ten_crop_squares(stores,
-                                                             data_dir):
+                                                             tiny_builder):
   """The store's squares, cut as the tf.data ten-crop test cuts them, are
   its patches rounded to uint8, for every validation image (sides 72-144
   resized to 110: both up- and down-scaled)."""
-  examples = source_examples(data_dir, 'validation')
+  examples = undecoded_examples(tiny_builder, 'validation')
   ours = all_batches(prepared.eval_batches(
       stores['raw'], 'validation', global_batch_size=20, crop_size=CROP,
       ten_crop=True))
@@ -150,21 +125,17 @@ def test_cmyk_png_named_jpeg_and_broken_files_of_imagenet(
   y, x = np.mgrid[:200, :300]
   rgb = np.stack([y, x * 0.8, 255 - y], -1).astype(np.uint8)
 
-  def jpeg_of(image, mode='RGB'):
-    buf = io.BytesIO()
-    Image.fromarray(image).convert(mode).save(buf, format='JPEG', quality=95)
-    return buf.getvalue()
-
-  cmyk = jpeg_of(rgb, 'CMYK')
+  cmyk = image_bytes(rgb, 'JPEG', 'CMYK')
   tiff = io.BytesIO()
   Image.fromarray(rgb).save(tiff, format='TIFF')
   assert Image.open(io.BytesIO(cmyk)).mode == 'CMYK'
-  noise = lambda: jpeg_of(rng.integers(0, 256, (90, 120, 3), np.uint8))
+  noise = lambda: image_bytes(
+      rng.integers(0, 256, (90, 120, 3), np.uint8), 'JPEG')
   imagenet_archives(
       str(tmp_path),
       {'n01440764': [('n01440764_1.JPEG', cmyk), ('n01440764_2.JPEG', noise()),
                      ('n01440764_3.JPEG', tiff.getvalue())],
-       'n02105855': [('n02105855_1.JPEG', png(rgb)),
+       'n02105855': [('n02105855_1.JPEG', image_bytes(rgb)),
                      ('n02105855_2.JPEG', b'not an image at all')]},
       [(f'ILSVRC2012_val_{i:08d}.JPEG', noise()) for i in range(1, 3)])
   config = default.get_config()
@@ -183,17 +154,17 @@ def test_cmyk_png_named_jpeg_and_broken_files_of_imagenet(
                          prepared.settings(config), ('train',))
   squares = store.squares('train', np.arange(4))
   # The expected square: the RGB original through the same resize.
-  want = np.asarray(ip.centre_square(tf.constant(png(rgb)), 100))
+  want = np.asarray(ip.centre_square(tf.constant(image_bytes(rgb)), 100))
   by_error = sorted(np.abs(s.astype(int) - want).mean() for s in squares)
   assert by_error[:2] == [0, 0]  # the PNG and the TIFF: lossless
   assert by_error[2] < 2  # the CMYK JPEG, up to JPEG's loss
   assert by_error[3] > 40  # the noise image
 
 
-def test_prepare_continues_where_it_was_interrupted(data_dir, tmp_path,
+def test_prepare_continues_where_it_was_interrupted(tiny_data_dir, tmp_path,
                                                     monkeypatch):
   monkeypatch.setattr(prepared, 'EXAMPLES_PER_SHARD', 64)  # 4 + 2 shards
-  config = config_for(data_dir, tmp_path / 'store', 'jpeg')
+  config = config_for(tiny_data_dir, tmp_path / 'store', 'jpeg')
   real_write = prepare.write_shard
   written = []
 
@@ -217,7 +188,7 @@ def test_prepare_continues_where_it_was_interrupted(data_dir, tmp_path,
           for n in written} == first  # not redone
   assert not [f for f in os.listdir(tmp_path / 'store') if f.endswith('.tmp')]
   # Same records as a store made in one go.
-  whole = config_for(data_dir, tmp_path / 'whole', 'jpeg')
+  whole = config_for(tiny_data_dir, tmp_path / 'whole', 'jpeg')
   prepare.prepare(whole)
   a, b = open_store(config), open_store(whole)
   ids = np.arange(200)
@@ -225,9 +196,9 @@ def test_prepare_continues_where_it_was_interrupted(data_dir, tmp_path,
   np.testing.assert_array_equal(a.labels('train'), b.labels('train'))
 
 
-def test_two_workers_share_the_shards(data_dir, tmp_path, monkeypatch):
+def test_two_workers_share_the_shards(tiny_data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(prepared, 'EXAMPLES_PER_SHARD', 64)
-  config = config_for(data_dir, tmp_path / 'store', 'raw')
+  config = config_for(tiny_data_dir, tmp_path / 'store', 'raw')
   first = prepare.prepare(config, worker=0, num_workers=2)
   assert first['status'] == 'incomplete'
   done = sorted(f for f in os.listdir(tmp_path / 'store')
@@ -246,7 +217,8 @@ def positions_store(tmp_path_factory):
   """Forty 256x256 position images (resize 256: the squares are the images
   themselves), raw."""
   path = str(tmp_path_factory.mktemp('positions'))
-  images = [png(positions(256, 256) + [0, 0, 100 + i]) for i in range(40)]
+  images = [image_bytes(positions(256, 256) + [0, 0, 100 + i])
+            for i in range(40)]
   wanted = {'dataset': 'positions', 'resize': 256, 'format': 'raw',
             'jpeg_quality': None}
   prepare.build(path, wanted, prepare.ListSource(
@@ -376,7 +348,7 @@ def test_device_augmentation_keeps_the_batch_on_its_devices():
 
 def test_device_ten_crops_are_the_tf_pipelines(positions_store):
   square = positions_store.squares('train', np.array([5]))[0]
-  want = ip.preprocess_eval(tf.constant(png(square)), crop_size=224,
+  want = ip.preprocess_eval(tf.constant(image_bytes(square)), crop_size=224,
                             ten_crop=True)
   got = augment.eval_images(square[None], 224, True)[0]
   np.testing.assert_allclose(got, want, atol=1e-3)
@@ -385,32 +357,33 @@ def test_device_ten_crops_are_the_tf_pipelines(positions_store):
 # --------------------------------------------------------------------------
 # Bad input.
 
-def test_a_store_of_other_settings_is_refused_naming_both(stores, data_dir):
+def test_a_store_of_other_settings_is_refused_naming_both(stores,
+                                                          tiny_data_dir):
   path = stores['raw'].path
-  config = config_for(data_dir, path, 'raw', resize=120)
+  config = config_for(tiny_data_dir, path, 'raw', resize=120)
   with pytest.raises(ValueError, match=r'resize: store 110, config 120'):
     open_store(config)
-  config = config_for(data_dir, path, 'jpeg')
+  config = config_for(tiny_data_dir, path, 'jpeg')
   with pytest.raises(ValueError, match=r"format: store 'raw', config 'jpeg'"):
     open_store(config)
 
 
 def test_prepare_never_writes_into_a_store_of_other_settings(stores,
-                                                             data_dir):
+                                                             tiny_data_dir):
   path = stores['jpeg'].path
   before = {f: os.path.getmtime(os.path.join(path, f))
             for f in os.listdir(path)}
   for change in (dict(resize=120), dict(store_jpeg_quality=80),
                  dict(dataset='cifar10')):
-    config = config_for(data_dir, path, 'jpeg', **change)
+    config = config_for(tiny_data_dir, path, 'jpeg', **change)
     with pytest.raises(ValueError, match='other settings'):
       prepare.prepare(config)
   assert {f: os.path.getmtime(os.path.join(path, f))
           for f in os.listdir(path)} == before
 
 
-def test_missing_or_truncated_store_files_are_named(data_dir, tmp_path):
-  config = config_for(data_dir, tmp_path / 'store', 'jpeg')
+def test_missing_or_truncated_store_files_are_named(tiny_data_dir, tmp_path):
+  config = config_for(tiny_data_dir, tmp_path / 'store', 'jpeg')
   with pytest.raises(ValueError, match='No prepared store.*alexnet_jax.prepare'):
     open_store(config)
   prepare.prepare(config)
@@ -455,27 +428,27 @@ def test_bad_store_settings_are_named(tmp_path, change, match):
   assert not os.listdir(tmp_path)
 
 
-def test_a_store_without_the_configs_splits_is_named(stores, data_dir):
-  config = config_for(data_dir, stores['raw'].path, 'raw',
+def test_a_store_without_the_configs_splits_is_named(stores, tiny_data_dir):
+  config = config_for(tiny_data_dir, stores['raw'].path, 'raw',
                       eval_split='test')
   with pytest.raises(ValueError, match=r"splits \['train', 'validation'\], "
                      r"the config asks for \['train', 'test'\]"):
     prepare.prepare(config)
 
 
-def test_a_shard_of_other_settings_is_written_again(data_dir, tmp_path):
+def test_a_shard_of_other_settings_is_written_again(tiny_data_dir, tmp_path):
   """A directory reused after its manifest was deleted: old shards of
   another resize are not taken for this store's."""
-  old = config_for(data_dir, tmp_path, 'raw', resize=100)
+  old = config_for(tiny_data_dir, tmp_path, 'raw', resize=100)
   prepare.prepare(old)
   os.remove(tmp_path / prepared.MANIFEST)
-  new = config_for(data_dir, tmp_path, 'raw')
+  new = config_for(tiny_data_dir, tmp_path, 'raw')
   prepare.prepare(new)
   store = open_store(new)
   assert store.squares('train', np.array([0]))[0].shape == (RESIZE, RESIZE, 3)
 
 
-def test_bad_worker_numbers_are_refused(data_dir, tmp_path):
+def test_bad_worker_numbers_are_refused(tiny_data_dir, tmp_path):
   with pytest.raises(ValueError, match=r'worker=2 must be in \[0, num_workers=2'):
-    prepare.prepare(config_for(data_dir, tmp_path / 's'), 2, 2)
+    prepare.prepare(config_for(tiny_data_dir, tmp_path / 's'), 2, 2)
   assert not (tmp_path / 's').exists()

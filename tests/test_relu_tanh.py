@@ -8,17 +8,14 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
 from configs import relu_tanh as relu_tanh_config
+from conftest import on_tiny_dataset
 from experiments import relu_tanh
 
 
 @pytest.fixture(scope='module')
-def config(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  input_pipeline.dataset_builder('synthetic_shapes/tiny', path)
-  config = relu_tanh_config.get_config()
-  config.input.update(dataset='synthetic_shapes/tiny', data_dir=path)
+def config(tiny_data_dir):
+  config = on_tiny_dataset(relu_tanh_config.get_config(), tiny_data_dir)
   config.update(batch_size=20, num_epochs=10, target_train_error=0.7,
                 seeds=2)
   return config

@@ -9,12 +9,7 @@ from flax.training import train_state
 
 from alexnet_jax import steps
 from configs import imagenet
-
-
-def small_config(**model):
-  config = imagenet.get_config()
-  config.model.update(width=0.125, image_size=67, num_classes=10, **model)
-  return config
+from conftest import small_config
 
 
 def test_optimizer_is_the_papers_update_rule():

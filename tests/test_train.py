@@ -29,20 +29,19 @@ from alexnet_jax import prepare
 from alexnet_jax import train
 from alexnet_jax.synthetic_shapes import SHAPES
 from configs import default
+from conftest import TINY_DATASET
+from conftest import on_tiny_dataset
+from conftest import scaled
+from conftest import undecoded_examples
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  input_pipeline.dataset_builder('synthetic_shapes/tiny', path)
-  return path
-
 
 def tiny_config(data_dir, **overrides):
-  config = default.get_config()
+  """The default config's net on the tiny dataset in ``data_dir``, batch 16
+  (12 steps an epoch) for 3 epochs; ``overrides`` update the config."""
+  config = on_tiny_dataset(default.get_config(), data_dir)
   config.model.update(width=0.125, init_stddev=0.02)
-  config.input.update(dataset='synthetic_shapes/tiny', data_dir=data_dir)
   config.batch_size = 16  # 12 steps an epoch
   config.num_epochs = 3
   config.log_every_steps = 5
@@ -67,11 +66,11 @@ def leaves(state):
 
 
 @pytest.fixture(scope='module')
-def full_run(data_dir, tmp_path_factory):
+def full_run(tiny_data_dir, tmp_path_factory):
   """Three epochs without a stop. Tolerance 1 means no evaluation counts as
   an improvement, so with patience 1 the rate drops after the 2nd and 3rd."""
   workdir = str(tmp_path_factory.mktemp('full'))
-  config = tiny_config(data_dir, schedule='plateau', learning_rate=0.01)
+  config = tiny_config(tiny_data_dir, schedule='plateau', learning_rate=0.01)
   config.plateau.update(patience=1, tolerance=1.0)
   return config, workdir, train.train_and_evaluate(config, workdir)
 
@@ -100,7 +99,7 @@ def test_a_run_writes_metrics_checkpoints_and_figures(full_run):
 
 
 def test_stop_and_resume_ends_where_an_uninterrupted_run_does(
-    full_run, data_dir, tmp_path, monkeypatch):
+    full_run, tiny_data_dir, tmp_path, monkeypatch):
   config, full_workdir, want = full_run
   workdir = str(tmp_path)
   batches = train.train_batches
@@ -141,7 +140,7 @@ def test_evaluation_from_the_store_gives_the_tfds_numbers(full_run,
   # Weights x4: predictions that differ from image to image (the trained
   # tiny net is still near chance), so that any image or label out of place
   # would change the errors.
-  state = state.replace(params=jax.tree.map(lambda p: 4 * p, state.params))
+  state = scaled(state, 4)
   from_store = store_config(config, tmp_path, 'raw')
   mesh = parallel.make_mesh(config)
   eval_step = parallel.make_eval_step(mesh, state)
@@ -164,10 +163,10 @@ def test_evaluation_from_the_store_gives_the_tfds_numbers(full_run,
   assert store_centre['loss'] == pytest.approx(tfds_centre['loss'], rel=0.02)
 
 
-def test_a_run_from_the_store_resumes_exactly(data_dir, tmp_path,
+def test_a_run_from_the_store_resumes_exactly(tiny_data_dir, tmp_path,
                                               monkeypatch):
   """A JPEG store; 18 steps (12 an epoch), stopped mid-epoch at step 8."""
-  config = store_config(tiny_config(data_dir, num_train_steps=18),
+  config = store_config(tiny_config(tiny_data_dir, num_train_steps=18),
                         tmp_path / 'store', 'jpeg')
   want = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   batches = train.train_batches
@@ -193,9 +192,9 @@ def test_a_run_from_the_store_resumes_exactly(data_dir, tmp_path,
                                rtol=1e-6)
 
 
-def test_a_run_from_a_missing_store_names_the_prepare_command(data_dir,
+def test_a_run_from_a_missing_store_names_the_prepare_command(tiny_data_dir,
                                                               tmp_path):
-  config = tiny_config(data_dir)
+  config = tiny_config(tiny_data_dir)
   config.input.update(source='prepared', store_dir=str(tmp_path / 'none'))
   with pytest.raises(ValueError, match='No prepared store.*alexnet_jax.prepare'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
@@ -203,8 +202,8 @@ def test_a_run_from_a_missing_store_names_the_prepare_command(data_dir,
 
 
 def test_a_nan_loss_stops_without_replacing_the_good_checkpoint(
-    data_dir, tmp_path, monkeypatch):
-  config = tiny_config(data_dir, num_train_steps=4, log_every_steps=1)
+    tiny_data_dir, tmp_path, monkeypatch):
+  config = tiny_config(tiny_data_dir, num_train_steps=4, log_every_steps=1)
   config.checkpoint_every_steps = 3
   workdir = str(tmp_path)
   train.train_and_evaluate(config, workdir)  # good: a checkpoint at step 4
@@ -298,7 +297,7 @@ def test_mock_cifar10_runs_end_to_end(tmp_path):
   assert len(top) == 5 and top[0][1] >= top[-1][1]
 
 
-def test_evaluate_and_predict_use_the_latest_checkpoint(full_run, data_dir,
+def test_evaluate_and_predict_use_the_latest_checkpoint(full_run, tiny_builder,
                                                         tmp_path):
   config, workdir, state = full_run
   results = evaluate.evaluate_checkpoint(config, workdir)
@@ -308,11 +307,8 @@ def test_evaluate_and_predict_use_the_latest_checkpoint(full_run, data_dir,
     assert results['centre'][key] == pytest.approx(last[key], rel=1e-5)
     assert results['ten_crop'][key] == pytest.approx(last[f'ten_crop_{key}'],
                                                      rel=1e-5)
-  builder = tfds.builder('synthetic_shapes/tiny', data_dir=data_dir)
-  examples = builder.as_dataset(
-      split='validation', decoders={'image': tfds.decode.SkipDecoding()})
   paths = []
-  for i, ex in enumerate(examples.take(3).as_numpy_iterator()):
+  for i, ex in enumerate(undecoded_examples(tiny_builder, 'validation')[:3]):
     paths.append(str(tmp_path / f'{i}.jpg'))
     with open(paths[-1], 'wb') as f:
       f.write(ex['image'])
@@ -331,14 +327,13 @@ def test_evaluate_and_predict_use_the_latest_checkpoint(full_run, data_dir,
     predict.predict(workdir, [str(tmp_path / 'notes.txt')])
 
 
-def test_fc7_features_are_what_fc8_reads(full_run, data_dir):
+def test_fc7_features_are_what_fc8_reads(full_run, tiny_builder):
   # fc8 is one weight block per tower, summed: the logits must be the
   # features (towers side by side) times the stacked blocks, plus the bias.
   _, workdir, _ = full_run
   config, state = predict.load_state(workdir)
-  builder = tfds.builder('synthetic_shapes/tiny', data_dir=data_dir)
   images, labels = input_pipeline.centre_crops(
-      builder, 'validation', crop_size=config.model.image_size,
+      tiny_builder, 'validation', crop_size=config.model.image_size,
       resize=config.input.resize, limit=5)
   assert images.shape == (5, 96, 96, 3) and labels.shape == (5,)
   features = predict.features(state, images, batch_size=2)
@@ -455,7 +450,7 @@ def test_evaluation_skips_a_damaged_checkpoint_without_moving_it(
 
 
 def test_a_url_workdir_gets_every_file_and_nothing_local(
-    data_dir, tmp_path, monkeypatch):
+    tiny_data_dir, tmp_path, monkeypatch):
   # TensorFlow's in-memory file system stands in for a bucket. Orbax opens
   # only local paths and gs:// (TensorStore), so here alone its directory
   # is a local one; everything the project writes itself goes to the URL.
@@ -471,7 +466,7 @@ def test_a_url_workdir_gets_every_file_and_nothing_local(
   cwd = tmp_path / 'cwd'
   cwd.mkdir()
   monkeypatch.chdir(cwd)
-  config = tiny_config(data_dir, num_train_steps=3, log_every_steps=1)
+  config = tiny_config(tiny_data_dir, num_train_steps=3, log_every_steps=1)
   config.input.ten_crop_eval = False
   train.train_and_evaluate(config, workdir)
   assert set(asked) == {workdir}
@@ -508,8 +503,8 @@ def test_a_url_that_cannot_be_opened_is_refused_before_any_work(
 
 
 def test_a_profile_longer_than_the_run_is_refused_before_training(
-    data_dir, tmp_path):
-  config = tiny_config(data_dir, num_train_steps=12, profile_steps=5)
+    tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, num_train_steps=12, profile_steps=5)
   with pytest.raises(ValueError, match=r'profile_steps=5 after profile_after'
                      r"_steps=10 warm-up steps ends at step 15, past the "
                      r"run's 12 steps"):
@@ -518,8 +513,8 @@ def test_a_profile_longer_than_the_run_is_refused_before_training(
   assert not list((tmp_path / 'checkpoints').iterdir())
 
 
-def test_a_profile_trace_is_written_into_the_workdir(data_dir, tmp_path):
-  config = tiny_config(data_dir, num_train_steps=4, profile_steps=2,
+def test_a_profile_trace_is_written_into_the_workdir(tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, num_train_steps=4, profile_steps=2,
                        profile_after_steps=1)
   config.input.ten_crop_eval = False
   train.train_and_evaluate(config, str(tmp_path))
@@ -531,12 +526,13 @@ def test_a_profile_trace_is_written_into_the_workdir(data_dir, tmp_path):
   assert len(list((tmp_path / 'plugins' / 'profile').iterdir())) == 1
 
 
-def test_sigterm_exits_75_and_the_same_command_continues(data_dir, tmp_path):
+def test_sigterm_exits_75_and_the_same_command_continues(tiny_data_dir,
+                                                         tmp_path):
   workdir = tmp_path / 'run'
   command = [sys.executable, '-m', 'alexnet_jax.main',
              '--config=configs/default.py', f'--workdir={workdir}',
-             '--config.input.dataset=synthetic_shapes/tiny',
-             f'--config.input.data_dir={data_dir}',
+             f'--config.input.dataset={TINY_DATASET}',
+             f'--config.input.data_dir={tiny_data_dir}',
              '--config.model.width=0.125', '--config.batch_size=16',
              '--config.num_train_steps=60', '--config.log_every_steps=2',
              '--config.input.ten_crop_eval=False']

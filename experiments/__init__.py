@@ -1,0 +1,1 @@
+"""The paper's experiments beyond the main run: ablations, Figure 1, baselines."""
