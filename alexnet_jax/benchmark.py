@@ -44,14 +44,7 @@ from alexnet_jax import prepared
 from alexnet_jax import steps
 from alexnet_jax import synthetic_shapes
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
-_LRN_SHARE = flags.DEFINE_bool(
-    'lrn_share', False, 'Also time the net without LRN and report its share.')
-_PART = flags.DEFINE_enum(
-    'part', 'train', ['train', 'input'],
-    'train: the jitted train step; input: the training augmentation alone.')
+FLAGS = flags.FLAGS
 # ImageNet's typical photo is about 500x375.
 INPUT_JPEG_SHAPE = (375, 500)
 INPUT_DISTINCT_JPEGS = 64
@@ -231,16 +224,24 @@ def _store_batches(config, store: prepared.Store):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _CONFIG.value is None:
-    raise app.UsageError('--config is required, e.g. '
-                         '--config=configs/imagenet.py')
-  if _PART.value == 'input':
-    result = benchmark_input(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  if FLAGS.part == 'input':
+    result = benchmark_input(FLAGS.config, FLAGS.steps, FLAGS.warmup)
   else:
-    result = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value,
-                       _LRN_SHARE.value)
+    result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup,
+                       FLAGS.lrn_share)
   print(json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':
+  # Defined here, not on import (see evaluate.py).
+  config_flags.DEFINE_config_file('config', None, 'Config file, e.g. '
+                                  'configs/imagenet.py.')
+  flags.DEFINE_integer('steps', 10, 'Timed steps.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+  flags.DEFINE_bool('lrn_share', False,
+                    'Also time the net without LRN and report its share.')
+  flags.DEFINE_enum(
+      'part', 'train', ['train', 'input'],
+      'train: the jitted train step; input: the training augmentation alone.')
+  flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -1,6 +1,6 @@
 """Figure 1: ReLU against tanh in the paper's four-layer CIFAR-10-style net.
 
-    python experiments/relu_tanh.py --config=configs/relu_tanh.py \\
+    python -m experiments.relu_tanh --config=configs/relu_tanh.py \\
         --workdir=/tmp/relu_tanh
 
 Inherits the default config's dataset (the generated ``synthetic_shapes``;

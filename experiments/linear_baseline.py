@@ -5,7 +5,7 @@
 Softmax regression on the same centre crops the network is evaluated on
 (``model.image_size`` pixels a side, mean subtracted, divided by 64), trained
 with Adam on the whole training split for ``--epochs`` full passes; prints
-one JSON line with the validation top-1 error. The README compares it with
+one JSON line with the validation top-1 error. docs/results.md compares it with
 the network trained by ``configs/default.py``.
 """
 

@@ -117,3 +117,23 @@ def test_create_model_reads_the_config():
 def test_unknown_dtype_is_refused():
   with pytest.raises(ValueError, match="'float16'.*bfloat16.*float32"):
     steps.create_model(small_config(dtype='float16').model)
+
+
+@pytest.mark.parametrize('rate', [0.05, optax.cosine_decay_schedule(0.05, 10)])
+def test_learning_rate_is_found_by_name(rate):
+  """Read and set in the optimizer state by its name, whatever its place in
+  the chain, for a constant rate and under a schedule (whose own state
+  inject_hyperparams keeps under the same name)."""
+  config = small_config()
+  state = steps.create_train_state(config, steps.create_model(config.model),
+                                   jax.random.key(0), rate)
+  assert float(steps.learning_rate(state)) == pytest.approx(0.05)
+  state = steps.set_learning_rate(state, 0.005)
+  assert float(steps.learning_rate(state)) == pytest.approx(0.005)
+  assert steps.momentum(state).keys() == state.params.keys()
+  # The update uses the new rate: a bias (no weight decay) moves by -lr *
+  # grad in the first step. (A schedule sets the rate again each step.)
+  moved = state.apply_gradients(
+      grads=jax.tree.map(jnp.ones_like, state.params))
+  if not callable(rate):
+    np.testing.assert_allclose(steps.momentum(moved)['fc8']['bias'], -0.005)
