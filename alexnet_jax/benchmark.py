@@ -101,9 +101,11 @@ def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
   _check_counts(steps, warmup)
   if config.batch_size < 1:
     raise ValueError(f'batch_size must be >= 1; got {config.batch_size}.')
-  if lrn_share and not config.model.use_lrn:
-    raise ValueError('--lrn_share compares the net with and without LRN; it '
-                     'needs config.model.use_lrn=True.')
+  use_lrn = config.model.get('use_lrn', False)  # a field of alexnet only
+  if lrn_share and not use_lrn:
+    raise ValueError(f'--lrn_share compares the net with and without LRN; it '
+                     f'needs a model with LRN on (model {config.model.name!r}, '
+                     f'use_lrn={use_lrn}).')
   runners = [_Runner(config)]
   if lrn_share:
     runners.append(_Runner(config, use_lrn=False))
@@ -121,7 +123,7 @@ def benchmark(config, steps: int, warmup: int, lrn_share: bool) -> dict:
       dtype=config.model.dtype,
       model=config.model.name,
       width=config.model.width,
-      use_lrn=config.model.use_lrn,
+      use_lrn=use_lrn,
       steps=steps,
       devices=main.mesh.size,
       mesh=dict(main.mesh.shape),

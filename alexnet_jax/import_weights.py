@@ -91,10 +91,38 @@ def read_torchvision(path: str) -> dict[str, np.ndarray]:
   return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
-def read_caffe(path: str) -> dict[str, np.ndarray]:
-  """The blobs of a caffemodel as ``'<layer>.weight'``/``'<layer>.bias'``
-  (layers without blobs, such as ReLU or data layers, are left out)."""
-  layers = caffe_proto.read_layers(storage.read_bytes(path))
+# The layers that shape the computation, in BVLC AlexNet's order (ReLU,
+# dropout, data, loss and the split layers Caffe inserts do not matter here).
+_CAFFE_STRUCTURAL = ('Convolution', 'LRN', 'Pooling', 'InnerProduct')
+
+
+def caffe_order(use_lrn: bool) -> list[str]:
+  """The structural layer types of the paper's net as Caffe writes it:
+  LRN then pooling after conv1 and conv2, as in the paper and BVLC's net."""
+  norm_pool = ['LRN', 'Pooling'] if use_lrn else ['Pooling']
+  return (['Convolution', *norm_pool] * 2 + ['Convolution'] * 3
+          + ['Pooling'] + ['InnerProduct'] * 3)
+
+
+def check_caffe_order(layers: list[caffe_proto.Layer], use_lrn: bool,
+                      path: str) -> None:
+  """Raises ValueError unless the layers come in the paper net's order
+  (e.g. CaffeNet, ``bvlc_reference_caffenet``, pools before it normalizes:
+  the same weights' shapes, another net)."""
+  found = [layer.type for layer in layers if layer.type in _CAFFE_STRUCTURAL]
+  want = caffe_order(use_lrn)
+  if found != want:
+    raise ValueError(
+        f'{path} has its layers in the order {found}; the paper\'s net (BVLC '
+        f'AlexNet) is {want}. CaffeNet (bvlc_reference_caffenet), for one, '
+        f'pools before it normalizes: a different net.')
+
+
+def caffe_tensors(layers: list[caffe_proto.Layer], path: str
+                  ) -> dict[str, np.ndarray]:
+  """The blobs of a caffemodel's layers as ``'<layer>.weight'``/
+  ``'<layer>.bias'`` (layers without blobs, such as ReLU or data layers,
+  are left out)."""
   tensors = {}
   for layer in layers:
     if not layer.blobs:
@@ -158,10 +186,18 @@ def _dense_kernel(weight: np.ndarray, towers: int, inputs_chw=None
   return kernel.reshape(kernel.shape[0], towers, -1).transpose(1, 0, 2)
 
 
+def _towers(model, shapes) -> int:
+  """How many towers the parameters' leading tower axis holds (0: the
+  model's parameters have no tower axis)."""
+  if model.tower_axes(shapes)['conv1']['kernel'] is None:
+    return 0
+  return shapes['conv1']['kernel'].shape[0]
+
+
 def _source_shapes(model, shapes) -> dict[str, tuple[int, ...]]:
   """The source's weight and bias shapes that our parameter ``shapes``
   (a tree of arrays' shapes) need, per our layer name."""
-  towers = model.towers if model.towers > 1 else 0
+  towers = _towers(model, shapes)
   t = max(towers, 1)
   out = {}
   for layer, p in shapes.items():
@@ -191,7 +227,7 @@ def to_params(tensors: dict, names: dict[str, str], model, shapes,
         f'{" ..." if len(unused) > 8 else ""}. Is it another architecture? '
         f'It needs {sorted(f"{n}.weight" for n in names.values())} and the '
         f'biases.')
-  towers = model.towers if model.towers > 1 else 0
+  towers = _towers(model, shapes)
   want = _source_shapes(model, shapes)
   params = {}
   for layer, source in names.items():
@@ -236,8 +272,12 @@ def convert(tensors: dict[str, np.ndarray], source: str,
 def load(source: str, path: str, config: ml_collections.ConfigDict) -> dict:
   """The parameters in ``path`` (of ``source``) for ``config``'s model; a
   ValueError before anything is written."""
-  read = read_torchvision if source == 'torchvision' else read_caffe
-  return convert(read(path), source, config)
+  if source == 'torchvision':
+    return convert(read_torchvision(path), source, config)
+  layers = caffe_proto.read_layers(storage.read_bytes(path))
+  params = convert(caffe_tensors(layers, path), source, config)
+  check_caffe_order(layers, config.model.get('use_lrn', False), path)
+  return params
 
 
 # --------------------------------------------------------------------------

@@ -17,9 +17,9 @@ of a test module and tests/multihost_worker.py can call them too):
 * ``small_config``: configs/imagenet.py with the small net ``SMALL_NET``.
 * ``on_tiny_dataset``: a config reading ``TINY_DATASET``.
 * ``scaled``: weights x20, so that every layer's gradient matters.
-* ``positions``, ``image_bytes``, ``undecoded_examples``: test images whose
-  pixels say where they are, images as file bytes, a split's examples with
-  their image bytes.
+* ``positions``, ``image_bytes``, ``photos``, ``undecoded_examples``: test
+  images whose pixels say where they are, images as file bytes, smooth
+  random photos as PNG files, a split's examples with their image bytes.
 """
 
 import io
@@ -109,6 +109,23 @@ def image_bytes(array, fmt: str = 'PNG', mode: str = 'RGB',
   Image.fromarray(np.asarray(array, np.uint8)).convert(mode).save(
       buf, format=fmt, quality=quality)
   return buf.getvalue()
+
+
+def photos(directory, n: int = 2, side: int = 256, seed: int = 0):
+  """``n`` smooth random RGB images (8x8 noise scaled up) written as PNG
+  files into ``directory``: their paths and pixels ``[n, side, side, 3]``."""
+  rng = np.random.default_rng(seed)
+  arrays, paths = [], []
+  for i in range(n):
+    coarse = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+    array = np.asarray(Image.fromarray(coarse).resize((side, side),
+                                                      Image.BILINEAR))
+    path = os.path.join(str(directory), f'photo{i}.png')
+    with open(path, 'wb') as f:
+      f.write(image_bytes(array))
+    arrays.append(array)
+    paths.append(path)
+  return paths, np.stack(arrays)
 
 
 def undecoded_examples(builder, split: str) -> list[dict]:

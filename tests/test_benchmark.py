@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from alexnet_jax import benchmark
+from configs import alexnet_owt
 from conftest import small_config
 
 FIELDS = {'images_per_sec', 'step_ms', 'compile_s', 'batch_size',
@@ -33,16 +34,20 @@ def test_benchmark_reports_step_and_lrn_share():
 
 
 def test_command_line_prints_one_json_line():
+  """Also for another model than the paper's: torchvision's one-tower net,
+  data parallel over the four devices."""
   out = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.benchmark',
-       '--config=configs/imagenet.py', '--config.batch_size=2',
+       '--config=configs/alexnet_owt.py', '--config.batch_size=4',
        '--config.model.width=0.0625', '--config.model.image_size=64',
        '--steps=1', '--warmup=0'],
       capture_output=True, text=True, check=True, timeout=300)
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 1
   result = json.loads(lines[0])
-  assert FIELDS <= set(result) and result['batch_size'] == 2
+  assert FIELDS <= set(result) and result['batch_size'] == 4
+  assert result['model'] == 'alexnet_owt' and not result['use_lrn']
+  assert result['mesh'] == {'data': 4, 'model': 1}
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -59,6 +64,9 @@ def test_lrn_share_needs_lrn():
   config.model.use_lrn = False
   with pytest.raises(ValueError, match='use_lrn'):
     benchmark.benchmark(config, steps=1, warmup=0, lrn_share=True)
+  with pytest.raises(ValueError, match="'alexnet_owt', use_lrn=False"):
+    benchmark.benchmark(alexnet_owt.get_config(), steps=1, warmup=0,
+                        lrn_share=True)
 
 
 def test_input_benchmark_reports_per_core_rate():

@@ -39,6 +39,7 @@ import pkgutil
 from typing import Any, ClassVar, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -79,6 +80,28 @@ def get(name: str) -> type:
     raise ValueError(f'Unknown model name {name!r} (config.model.name); use '
                      f'one of {known}.')
   return _module(name).Model
+
+
+def check_common_fields(model, reference: str) -> None:
+  """ValueErrors for the fields every model here has (``reference`` names
+  the net whose width is 1.0)."""
+  if not isinstance(model.num_classes, int) or model.num_classes < 1:
+    raise ValueError(f'num_classes must be a positive integer; got '
+                     f'{model.num_classes!r}.')
+  if not 0.0 <= model.dropout_rate < 1.0:
+    raise ValueError(f'dropout_rate must be in [0, 1); got '
+                     f'{model.dropout_rate!r}.')
+  if not model.width > 0:
+    raise ValueError(f'width must be > 0 (1.0 is {reference}); got '
+                     f'{model.width!r}.')
+
+
+def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+  """Section 4.2's dropout: each unit zeroed with probability ``rate``, the
+  rest scaled by ``1 / (1 - rate)`` so that test time needs no change."""
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(key, keep, x.shape)
+  return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
 def num_params(params) -> int:

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from alexnet_jax import lrn
+from alexnet_jax import models
 from alexnet_jax import pooling
 
 # Paper Figure 2. Per-tower kernel counts of conv1-conv4 (the same in the
@@ -362,14 +363,10 @@ class AlexNet(nn.Module):
     if not train or self.dropout_rate == 0.0:
       return xs
     rng = jax.random.fold_in(self.make_rng('dropout'), salt)
-    keep = 1.0 - self.dropout_rate
-    out = []
-    for t, x in enumerate(xs):
-      # Each tower draws its own mask, the same one wherever it runs.
-      key = jax.random.fold_in(rng, tower_index(t, self.model_axis))
-      mask = jax.random.bernoulli(key, keep, x.shape)
-      out.append(jnp.where(mask, x / keep, 0).astype(x.dtype))
-    return out
+    # Each tower draws its own mask, the same one wherever it runs.
+    return [models.dropout(
+        x, jax.random.fold_in(rng, tower_index(t, self.model_axis)),
+        self.dropout_rate) for t, x in enumerate(xs)]
 
   def tower_axes(self, tree):
     """A tree like ``tree``: 0 where a leaf's leading axis is the tower axis,
@@ -410,14 +407,7 @@ def _validate_fields(m: AlexNet) -> None:
   if m.towers not in (1, 2):
     raise ValueError(f'towers must be 2 (the paper net) or 1 (one tower, half '
                      f'the kernels); got towers={m.towers!r}.')
-  if not isinstance(m.num_classes, int) or m.num_classes < 1:
-    raise ValueError(f'num_classes must be a positive integer; got '
-                     f'{m.num_classes!r}.')
-  if not 0.0 <= m.dropout_rate < 1.0:
-    raise ValueError(f'dropout_rate must be in [0, 1); got {m.dropout_rate!r}.')
-  if not m.width > 0:
-    raise ValueError(f'width must be > 0 (1.0 is the paper net); got '
-                     f'{m.width!r}.')
+  models.check_common_fields(m, 'the paper net')
   if not m.init_stddev > 0:
     raise ValueError(f'init_stddev must be > 0 (paper: 0.01); got '
                      f'{m.init_stddev!r}.')

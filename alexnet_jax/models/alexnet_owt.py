@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import models
 from alexnet_jax import pooling
 
 # torchvision.models.alexnet: conv1-conv5 as (kernels, kernel size, stride,
@@ -128,10 +129,9 @@ class AlexNetOWT(nn.Module):
   def _dropout(self, x, train, salt):
     if not train or self.dropout_rate == 0.0:
       return x
-    rng = jax.random.fold_in(self.make_rng('dropout'), salt)
-    keep = 1.0 - self.dropout_rate
-    mask = jax.random.bernoulli(rng, keep, x.shape)
-    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+    return models.dropout(
+        x, jax.random.fold_in(self.make_rng('dropout'), salt),
+        self.dropout_rate)
 
   def tower_axes(self, tree):
     """No parameter has a tower axis: None for every leaf."""
@@ -153,14 +153,7 @@ class AlexNetOWT(nn.Module):
 
 
 def _validate_fields(m: AlexNetOWT) -> None:
-  if not isinstance(m.num_classes, int) or m.num_classes < 1:
-    raise ValueError(f'num_classes must be a positive integer; got '
-                     f'{m.num_classes!r}.')
-  if not 0.0 <= m.dropout_rate < 1.0:
-    raise ValueError(f'dropout_rate must be in [0, 1); got {m.dropout_rate!r}.')
-  if not m.width > 0:
-    raise ValueError(f'width must be > 0 (1.0 is torchvision\'s net); got '
-                     f'{m.width!r}.')
+  models.check_common_fields(m, 'torchvision\'s net')
   # conv1 (stride 4, pad 2) and three 3/2 poolings need at least 63 pixels.
   size = (m.image_size + 4 - 11) // 4 + 1
   for _ in range(3):
