@@ -51,11 +51,11 @@ def eval_images(images: jax.Array, crop_size: int, ten_crop: bool,
   """float32 in the ``pixels`` convention: the centre patches ``[b, crop,
   crop, 3]`` as they are, or with ``ten_crop`` the paper's ten patches
   ``[b, 10, crop, crop, 3]`` of each uint8 square ``[b, side, side, 3]``."""
-  pixels = pixels.apply(images.astype(jnp.float32))
+  inputs = pixels.apply(images.astype(jnp.float32))
   if not ten_crop:
-    return pixels
-  far = pixels.shape[1] - crop_size
+    return inputs
+  far = inputs.shape[1] - crop_size
   corners = [(0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)]
-  crops = [pixels[:, y:y + crop_size, x:x + crop_size] for y, x in corners]
+  crops = [inputs[:, y:y + crop_size, x:x + crop_size] for y, x in corners]
   crops += [c[:, :, ::-1] for c in crops]
   return jnp.stack(crops, axis=1)

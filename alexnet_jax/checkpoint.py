@@ -21,6 +21,7 @@ would wait at orbax's barrier until it times out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -32,6 +33,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
+from alexnet_jax import input_pipeline
 from alexnet_jax import storage
 
 DIRNAME = 'checkpoints'
@@ -71,8 +73,7 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict, *,
 # Fields added after runs were first recorded, with the value every run
 # recorded without them had. A model without a name is the paper's net.
 ADDED_MODEL_FIELDS = {'name': 'alexnet', 'lrn_across_towers': False}
-ADDED_INPUT_FIELDS = {'mean_rgb': (123.68, 116.78, 103.94),
-                      'std_rgb': (1.0, 1.0, 1.0), 'channel_order': 'RGB'}
+ADDED_INPUT_FIELDS = dataclasses.asdict(input_pipeline.PAPER_PIXELS)
 
 
 def with_added_fields(config: dict) -> dict:
@@ -86,18 +87,26 @@ def with_added_fields(config: dict) -> dict:
   return config
 
 
+def _as_json(value):
+  """``value`` as it reads back from JSON (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
 def record(config: ml_collections.ConfigDict, extra: dict) -> dict:
-  """What a checkpoint records besides the state: the model and dataset,
-  and the training loop's ``extra`` (plain numbers)."""
+  """What a checkpoint records besides the state: the model, the dataset,
+  the pixel convention the net was trained on, and the training loop's
+  ``extra`` (plain numbers)."""
+  pixels = {k: config.input[k] for k in ADDED_INPUT_FIELDS}
   return {'model': config.model.to_dict(), 'dataset': config.input.dataset,
-          **extra}
+          'pixels': _as_json(pixels), **extra}
 
 
 def check_compatible(manager: ocp.CheckpointManager,
                      config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError if the newest readable checkpoint is of another model
-  or dataset than ``config`` (a run continues only with what it started
-  with)."""
+  """Raises ValueError if the newest readable checkpoint is of another
+  model, dataset or pixel convention than ``config`` (a run continues only
+  with what it started with; a record from before a field existed is read
+  with the value runs had then)."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       saved = restore_record(manager, step)
@@ -115,6 +124,9 @@ def check_compatible(manager: ocp.CheckpointManager,
   if saved['dataset'] != want['dataset']:
     diffs.append(f'input.dataset: checkpoint {saved["dataset"]!r}, config '
                  f'{want["dataset"]!r}')
+  saved_pixels = saved.get('pixels', _as_json(ADDED_INPUT_FIELDS))
+  diffs += [f'input.{k}: checkpoint {saved_pixels[k]!r}, config {v!r}'
+            for k, v in want['pixels'].items() if saved_pixels[k] != v]
   if diffs:
     raise ValueError(
         f'{manager.directory} holds a run (step {step}) of another '

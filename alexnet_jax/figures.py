@@ -23,6 +23,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import storage
 
 KERNELS_PER_ROW = 16
+PAPER = input_pipeline.PAPER_PIXELS
 
 
 def kernel_grid(kernel: np.ndarray, per_row: int = KERNELS_PER_ROW
@@ -81,8 +82,7 @@ def save(fig, path: str, **kwargs) -> None:
   plt.close(fig)
 
 
-def displayable(images: np.ndarray,
-                pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS
+def displayable(images: np.ndarray, pixels: input_pipeline.Pixels = PAPER
                 ) -> np.ndarray:
   """Network inputs (of the ``pixels`` convention) back to RGB in [0, 1]."""
   return np.clip(pixels.invert(images) / 255, 0, 1)
@@ -90,7 +90,7 @@ def displayable(images: np.ndarray,
 
 def plot_predictions(images: np.ndarray, labels: list[str],
                      top: list[list[tuple[str, float]]],
-                     pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS):
+                     pixels: input_pipeline.Pixels = PAPER):
   """Figure 4, left: each image over a bar chart of its top-5 classes; the
   true label is the title, its bar red when it is among the five."""
   fig, axes = plt.subplots(2, len(images), squeeze=False,
@@ -110,7 +110,7 @@ def plot_predictions(images: np.ndarray, labels: list[str],
 
 
 def plot_neighbours(queries: np.ndarray, neighbours: np.ndarray,
-                    pixels: input_pipeline.Pixels = input_pipeline.PAPER_PIXELS):
+                    pixels: input_pipeline.Pixels = PAPER):
   """Figure 4, right: each query image (first column) and its nearest
   training images ``neighbours[query, k]`` by the model's features."""
   rows, k = neighbours.shape[:2]

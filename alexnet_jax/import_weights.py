@@ -296,8 +296,21 @@ def check_new_workdir(workdir: str) -> None:
 
 def write_workdir(config: ml_collections.ConfigDict, params: dict,
                   workdir: str) -> None:
-  """A run directory at step 0 holding ``params``."""
+  """A run directory at step 0 holding ``params``; if writing fails, what it
+  wrote is removed again (a half-written import would be refused as a run)."""
+  created = not storage.exists(workdir)
   train.prepare_workdir(workdir)
+  try:
+    _write_run(config, params, workdir)
+  except BaseException:
+    for name in (checkpoint.DIRNAME, train.CONFIG_FILE, train.KERNELS_FIGURE):
+      storage.remove(storage.join(workdir, name))
+    if created:
+      storage.remove(workdir)
+    raise
+
+
+def _write_run(config, params, workdir):
   one_device = ml_collections.ConfigDict(config.to_dict())
   one_device.model_axis_size = 1
   mesh = parallel.make_mesh(one_device, jax.devices()[:1])

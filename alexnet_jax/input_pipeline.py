@@ -2,10 +2,10 @@
 
 Training, the paper's way: rescale the shorter side to 256, take the centre
 256x256, then a random ``crop_size`` patch (224, or 227 for the other
-convention, see ``models/alexnet.py``) and a random horizontal reflection; add the
-PCA colour offset; subtract the mean RGB (or apply another net's pixel
-convention, ``Pixels``). Only the pixels of the final patch
-are decoded: the patch is mapped back to the original image and cut out by
+convention, see ``models/alexnet.py``) and a random horizontal reflection;
+add the PCA colour offset; subtract the mean RGB (or apply another net's
+pixel convention, ``Pixels``). Only the pixels of the final patch are
+decoded: the patch is mapped back to the original image and cut out by
 ``tf.io.decode_and_crop_jpeg``, then reflected (still uint8) and resized,
 which is the same window as resize-then-crop and much cheaper.
 
@@ -352,7 +352,8 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
                  global_batch_size: int, train: bool, crop_size: int,
                  resize: int = RESIZE, crop: str = 'paper',
                  pca_stddev: float = PCA_STDDEV, ten_crop: bool = False,
-                 pixels: Pixels = PAPER_PIXELS, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
+                 pixels: Pixels = PAPER_PIXELS, seed: int = 0,
+                 epoch: int = 0, skip_batches: int = 0,
                  shuffle_buffer: int = 16_384, process_index: int = 0,
                  process_count: int = 1) -> tf.data.Dataset:
   """This process's batches of ``split``, preprocessed as in the paper.

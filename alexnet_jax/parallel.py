@@ -195,7 +195,9 @@ def create_train_state(config: ml_collections.ConfigDict,
                        model: models.Interface, mesh: Mesh, rng: jax.Array,
                        learning_rate=None) -> steps.TrainState:
   """Parameters and optimizer state created directly in their shards
-  (``learning_rate``: see ``steps.create_optimizer``)."""
+  (``learning_rate``: see ``steps.create_optimizer``). ``apply_fn`` is the
+  model as one device runs it (``local_model``); ``state.model`` stays the
+  whole model, whose ``tower_axes`` say how the state is sharded."""
   def create(rng):
     state = steps.create_train_state(config, model, rng, learning_rate)
     return state.replace(apply_fn=local_model(model, mesh).apply)

@@ -1,11 +1,13 @@
 """What a trained run says about images: the top-5 classes of image files
-(the command), and the fc7 features and nearest neighbours of the paper's
-Figure 4 (used by experiments/trained_model.ipynb).
+(the command), and the features (the model's ``feature_layer``, AlexNet's
+fc7) and nearest neighbours of the paper's Figure 4 (used by
+experiments/trained_model.ipynb).
 
     python -m alexnet_jax.predict --workdir=DIR IMAGE [IMAGE ...]
 
 Reads the run's ``config.json``; each image gets the paper's centre crop
-(shorter side to ``input.resize``, centre ``model.image_size`` patch).
+(shorter side to ``input.resize``, centre ``model.image_size`` patch) in the
+net's pixel convention (``config.input``).
 """
 
 import json
@@ -96,12 +98,12 @@ def features(state, images: np.ndarray, batch_size: int = 256
   name = f'{state.model.feature_layer}_out'
 
   @jax.jit
-  def features(params, x):
+  def layer(params, x):
     _, sown = state.apply_fn({'params': params}, x, train=False,
                              mutable=['intermediates'])
     return jax.numpy.concatenate(sown['intermediates'][name][0], -1)
   return np.concatenate([
-      np.asarray(features(state.params, images[i:i + batch_size]))
+      np.asarray(layer(state.params, images[i:i + batch_size]))
       for i in range(0, len(images), batch_size)])
 
 

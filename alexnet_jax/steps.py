@@ -40,6 +40,10 @@ def create_model(model_config: ml_collections.ConfigDict,
   """The model ``config.model.name`` names, built from the other fields of
   ``config.model`` (dtype given by name)."""
   fields = {**model_config, **overrides}
+  if 'name' not in fields:
+    raise ValueError(f'config.model has no name; set config.model.name to '
+                     f'one of {models.names()} (configs/imagenet.py: '
+                     f'\'alexnet\', the paper\'s net).')
   model_class = models.get(fields.pop('name'))
   dtype = fields.pop('dtype', 'float32')
   if dtype not in DTYPES:
@@ -92,7 +96,16 @@ def learning_rate(state: TrainState) -> jax.Array:
 
 
 def set_learning_rate(state: TrainState, value: float) -> TrainState:
-  """``state`` with a new constant rate (keeps the old value's sharding)."""
+  """``state`` with a new constant rate (keeps the old value's sharding).
+
+  Raises:
+    ValueError: the rate follows a schedule, which would overwrite it at
+      the next step.
+  """
+  if optax.tree_utils.tree_get(state.opt_state, 'hyperparams_states'):
+    raise ValueError('The learning rate follows a schedule, which sets it '
+                     'anew every step; set_learning_rate is for a constant '
+                     'rate (config.schedule=\'plateau\').')
   old = learning_rate(state)
   new = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
   return state.replace(opt_state=optax.tree_utils.tree_set(

@@ -113,6 +113,16 @@ def open_binary(path: str, mode: str = 'rb'):
   return tf.io.gfile.GFile(path, mode)
 
 
+def remove(path: str) -> None:
+  """Removes a file or a whole directory, if it exists."""
+  if not exists(path):
+    return
+  if tf.io.gfile.isdir(path):
+    tf.io.gfile.rmtree(path)
+  else:
+    tf.io.gfile.remove(path)
+
+
 def rename(source: str, target: str) -> None:
   """Moves a file or a directory. On object stores, where a directory is
   only a prefix of object names, each file moves on its own."""

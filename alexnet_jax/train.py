@@ -57,6 +57,7 @@ METRICS_FILE = 'metrics.jsonl'
 # the prepared store's squares (``prepared.py``, ``augment.py``).
 SOURCES = ('tfds', 'prepared')
 CONFIG_FILE = 'config.json'
+KERNELS_FIGURE = 'conv1_kernels.png'  # Figure 3: the first layer's kernels
 # sysexits.h's EX_TEMPFAIL ("try again later"): stopped by SIGTERM after
 # saving; rerunning the same command continues the run.
 EXIT_PREEMPTED = 75
@@ -355,7 +356,7 @@ def save_figures(workdir: str, state, history: list[dict],
   kernel = state.model.kernels_by_tower(np.asarray(kernel))
   if channel_order == 'BGR':
     kernel = kernel[..., ::-1, :]  # [towers, k, k, channels, n]
-  figures.save_kernels(kernel, storage.join(workdir, 'conv1_kernels.png'))
+  figures.save_kernels(kernel, storage.join(workdir, KERNELS_FIGURE))
   if history:
     figures.save_learning_curves(
         history, storage.join(workdir, 'learning_curves.png'))
@@ -460,8 +461,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   TensorBoard summaries, ``config.json`` and the figures into ``workdir``."""
   # ---- Checks: the config, the workdir, the devices, an existing run.
   check_config(config)
+  mesh = parallel.make_mesh(config)  # the mesh's errors, before any file
   prepare_workdir(workdir)
-  mesh = parallel.make_mesh(config)
   towers = steps.create_model(config.model).towers
   if towers == 2 and mesh.shape[parallel.MODEL] == 1:
     logging.warning('Both towers run on every device (model axis 1): the '

@@ -5,7 +5,8 @@ with the towers intact (docs/other_alexnets.md).
 
     python -m alexnet_jax.import_weights --source=caffe \\
         --file=bvlc_alexnet.caffemodel --workdir=DIR
-    python -m alexnet_jax.evaluate --config=configs/bvlc_alexnet.py --workdir=DIR
+    python -m alexnet_jax.evaluate --config=configs/bvlc_alexnet.py \\
+        --workdir=DIR
 
 What differs from the paper's net, each a field with the paper's value as
 the default in configs/imagenet.py:

@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
       dropout_rate=0.5,
       init_stddev=0.01,  # section 5: weights N(0, 0.01)
       relu_bias_init=1.0,  # section 5: conv2, conv4, conv5, fc6, fc7
-      lrn_across_towers=False,  # Caffe's BVLC net: True (docs/other_alexnets.md)
+      # Caffe's BVLC net: True (docs/other_alexnets.md).
+      lrn_across_towers=False,
       dtype='float32',  # or 'bfloat16': bfloat16 compute, float32 params
   ))
 

@@ -1,1 +1,2 @@
-"""The paper's experiments beyond the main run: ablations, Figure 1, baselines."""
+"""The paper's experiments beyond the main run: ablations, Figure 1 and
+baselines."""

@@ -89,12 +89,13 @@ def test_main_loop_trains_it(tiny_data_dir, tmp_path):
              for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [h['epoch'] for h in history] == [1, 2, 3]
   assert all(np.isfinite(h['train_loss']) for h in history)
+  assert history[-1]['train_loss'] < history[0]['train_loss']  # it learns
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['model']['name'] == 'alexnet_owt'
   assert (tmp_path / 'conv1_kernels.png').exists()
 
 
-def test_bad_model_settings_are_refused():
+def test_bad_model_settings_are_refused(tmp_path):
   with pytest.raises(ValueError, match=r"Unknown model name 'vgg'.*"
                      r"\['alexnet', 'alexnet_owt'\]"):
     train.check_config(_renamed('vgg'))
@@ -102,7 +103,9 @@ def test_bad_model_settings_are_refused():
                      r"'alexnet_owt' does not take"):
     steps.create_model(small_owt().model, use_lrn=False)
   with pytest.raises(ValueError, match=r"'alexnet_owt' has towers=1"):
-    parallel.make_mesh(small_owt(model_axis_size=2, batch_size=8))
+    train.train_and_evaluate(small_owt(model_axis_size=2, batch_size=8),
+                             str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()  # refused before any file
   with pytest.raises(ValueError, match=r'image_size >= 63'):
     alexnet_owt.AlexNetOWT(image_size=62)
 

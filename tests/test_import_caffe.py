@@ -13,6 +13,7 @@ import numpy_caffe_alexnet
 from alexnet_jax import import_weights
 from alexnet_jax import predict
 from alexnet_jax import steps
+from alexnet_jax import train
 from configs import bvlc_alexnet
 from conftest import photos
 
@@ -170,3 +171,43 @@ def test_bad_caffe_files_are_refused(caffe_run, tmp_path):
     import_weights.import_weights('caffe', str(path), str(tmp_path / 'c'),
                                   config)
   assert not (tmp_path / 'c').exists()
+
+
+def test_figure_3_shows_bgr_kernels_as_rgb(caffe_run, tmp_path, monkeypatch):
+  """Caffe's conv1 reads BGR: the kernel grid reverses the input channels
+  so that colours show as they are."""
+  _, _, workdir = caffe_run
+  _, state = predict.load_state(str(workdir))
+  shown = []
+  monkeypatch.setattr(train.figures, 'save_kernels',
+                      lambda kernel, path: shown.append(kernel))
+  train.save_figures(str(tmp_path), state, [], 'BGR')
+  train.save_figures(str(tmp_path), state, [], 'RGB')
+  kernel = np.asarray(state.params['conv1']['kernel'])  # [2, k, k, 3, n]
+  np.testing.assert_array_equal(shown[0], kernel[..., ::-1, :])
+  np.testing.assert_array_equal(shown[1], kernel)
+
+
+def test_a_failed_write_leaves_no_workdir(caffe_run, tmp_path, monkeypatch):
+  """A failure after the checkpoint is written (here: the figure) removes
+  what the import wrote, so that the same command can be run again."""
+  _, path, _ = caffe_run
+  config = caffe_config()
+
+  def broken(*args):
+    raise OSError('disk full')
+
+  monkeypatch.setattr(train, 'save_figures', broken)
+  workdir = tmp_path / 'new'
+  with pytest.raises(OSError, match='disk full'):
+    import_weights.import_weights('caffe', str(path), str(workdir), config)
+  assert not workdir.exists()
+  existing = tmp_path / 'existing'
+  existing.mkdir()
+  (existing / 'notes.txt').write_text('mine')
+  with pytest.raises(OSError, match='disk full'):
+    import_weights.import_weights('caffe', str(path), str(existing), config)
+  assert [p.name for p in existing.iterdir()] == ['notes.txt']
+  monkeypatch.undo()
+  import_weights.import_weights('caffe', str(path), str(workdir), config)
+  assert (workdir / 'config.json').exists()

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import input_pipeline as ip
+from configs import imagenet
 from conftest import image_bytes
 from conftest import positions
 
@@ -109,6 +110,34 @@ def test_same_seed_same_image_and_jpeg_windows():
   cut = np.asarray(tf.io.decode_and_crop_jpeg(photo, window, channels=3))
   whole = np.asarray(tf.io.decode_jpeg(photo, channels=3))[40:240, 60:270]
   np.testing.assert_array_equal(cut[:, :-1], whole[:, :-1])
+
+
+def test_another_pixel_convention_by_hand():
+  """torchvision's or Caffe's inputs: (rgb - mean) / std, then the channel
+  order; the same crop, reflection and colour draw as the paper's."""
+  photo = encode(np.random.default_rng(2).integers(0, 256, (300, 400, 3)),
+                 'JPEG')
+  pixels = ip.Pixels(mean_rgb=(10.0, 20.0, 30.0), std_rgb=(2.0, 4.0, 8.0),
+                     channel_order='BGR')
+  seed = tf.constant([3, 4])
+  rgb = np.asarray(ip.preprocess_train(photo, seed, crop_size=224)) + \
+      ip.MEAN_RGB
+  got = ip.preprocess_train(photo, seed, crop_size=224, pixels=pixels)
+  want = ((rgb - [10.0, 20.0, 30.0]) / [2.0, 4.0, 8.0])[..., ::-1]
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  np.testing.assert_allclose(pixels.invert(np.asarray(got)), rgb, atol=1e-3)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('channel_order', 'RBG', r"Unknown input.channel_order 'RBG'"),
+    ('std_rgb', (1.0, 0.0, 1.0), r'std_rgb=\(1.0, 0.0, 1.0\) must be > 0'),
+    ('mean_rgb', (1.0, 2.0), r'one value per channel'),
+])
+def test_bad_pixel_conventions_are_named(field, value, match):
+  config = imagenet.get_config()
+  config.input[field] = value
+  with pytest.raises(ValueError, match=match):
+    ip.Pixels.from_config(config.input)
 
 
 @pytest.mark.parametrize('crop', ['paper', 'inception'])

@@ -119,7 +119,8 @@ def paper_parameter_count(towers):
 
 
 def test_paper_parameter_count():
-  assert paper_parameter_count(2) == 60_965_224  # the paper's figure (docs/paper.md)
+  # The paper's figure (docs/paper.md).
+  assert paper_parameter_count(2) == 60_965_224
   assert models.num_params(init(alexnet.AlexNet())) == 60_965_224
   assert (models.num_params(init(alexnet.AlexNet(towers=1)))
           == paper_parameter_count(1))

@@ -42,12 +42,19 @@ def split_step(config, rng, num_devices):
   return mesh, step(state, images, labels, rng)
 
 
-@pytest.mark.parametrize('mesh_shape', [(1, 2), (2, 2), (2, 1), (4, 1)])
-def test_split_step_equals_single_device(mesh_shape):
+# Caffe's BVLC settings: the LRN window crosses the towers (a collective
+# before each LRN when they are split).
+CAFFE_LRN = dict(lrn_across_towers=True, lrn_bias=1.0, lrn_alpha=2e-5)
+
+
+@pytest.mark.parametrize('mesh_shape,net', [
+    ((1, 2), {}), ((2, 2), {}), ((2, 1), {}), ((4, 1), {}),
+    ((1, 2), CAFFE_LRN)])
+def test_split_step_equals_single_device(mesh_shape, net):
   data, model = mesh_shape
   rng = jax.random.key(0)
   config = small_config(batch_size=4, model_axis_size=model,
-                        dropout_rate=0.0)
+                        dropout_rate=0.0, **net)
   before, want, want_metrics = single_device_step(config, rng)
   mesh, (got, metrics) = split_step(config, rng, data * model)
   assert dict(mesh.shape) == {'data': data, 'model': model}

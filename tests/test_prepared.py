@@ -346,12 +346,36 @@ def test_device_augmentation_keeps_the_batch_on_its_devices():
   assert ten.sharding.is_equivalent_to(parallel.batch_sharding(mesh), 5)
 
 
-def test_device_ten_crops_are_the_tf_pipelines(positions_store):
+OTHER_PIXELS = ip.Pixels(mean_rgb=(10.0, 20.0, 30.0), std_rgb=(2.0, 4.0, 8.0),
+                         channel_order='BGR')
+
+
+def in_other_pixels(paper_inputs):
+  """Network inputs of the paper's convention in ``OTHER_PIXELS``, by hand."""
+  rgb = paper_inputs + np.asarray(ip.MEAN_RGB)
+  return ((rgb - [10.0, 20.0, 30.0]) / [2.0, 4.0, 8.0])[..., ::-1]
+
+
+@pytest.mark.parametrize('pixels', [ip.PAPER_PIXELS, OTHER_PIXELS])
+def test_device_ten_crops_are_the_tf_pipelines(positions_store, pixels):
   square = positions_store.squares('train', np.array([5]))[0]
   want = ip.preprocess_eval(tf.constant(image_bytes(square)), crop_size=224,
-                            ten_crop=True)
-  got = augment.eval_images(square[None], 224, True)[0]
+                            ten_crop=True, pixels=pixels)
+  got = augment.eval_images(square[None], 224, True, pixels)[0]
   np.testing.assert_allclose(got, want, atol=1e-3)
+  if pixels != ip.PAPER_PIXELS:
+    paper = augment.eval_images(square[None], 224, True)[0]
+    np.testing.assert_allclose(got, in_other_pixels(np.asarray(paper)),
+                               atol=1e-4)
+
+
+def test_device_train_patches_in_another_pixel_convention(positions_store):
+  batch = next(prepared.train_batches(
+      positions_store, 'train', global_batch_size=8, crop_size=224, seed=1))
+  draws = batch['image'], batch['flip'], batch['pca_alpha']
+  paper = np.asarray(augment.train_images(*draws))
+  other = np.asarray(augment.train_images(*draws, pixels=OTHER_PIXELS))
+  np.testing.assert_allclose(other, in_other_pixels(paper), atol=1e-4)
 
 
 # --------------------------------------------------------------------------

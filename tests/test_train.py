@@ -235,6 +235,47 @@ def test_a_different_model_in_the_workdir_is_refused_untouched(
   assert not (tmp_path / 'never_created').exists()  # no data work started
 
 
+def test_a_run_recorded_before_model_names_and_pixel_fields_goes_on(
+    tiny_data_dir, tmp_path, monkeypatch):
+  """A run whose config.json and checkpoint records lack ``model.name``,
+  ``model.lrn_across_towers`` and the input's pixel fields (written before
+  they existed) is read as the paper's net and convention: predict loads
+  it and training continues it; another pixel convention is refused."""
+  config = tiny_config(tiny_data_dir, num_train_steps=5, num_epochs=-1)
+  new_model = ('name', 'lrn_across_towers')
+  new_input = ('mean_rgb', 'std_rgb', 'channel_order')
+  current_record = checkpoint.record
+
+  def old_record(config, extra):
+    saved = current_record(config, extra)
+    del saved['pixels']
+    saved['model'] = {k: v for k, v in saved['model'].items()
+                      if k not in new_model}
+    return saved
+
+  monkeypatch.setattr(checkpoint, 'record', old_record)
+  train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.undo()
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  for group, names in (('model', new_model), ('input', new_input)):
+    for name in names:
+      del saved[group][name]
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+
+  loaded = predict.load_config(str(tmp_path))
+  assert loaded.model.name == 'alexnet'
+  assert not loaded.model.lrn_across_towers
+  assert tuple(loaded.input.mean_rgb) == input_pipeline.MEAN_RGB
+  predict.load_state(str(tmp_path))
+  bgr = tiny_config(tiny_data_dir, num_train_steps=10, num_epochs=-1)
+  bgr.input.channel_order = 'BGR'
+  with pytest.raises(ValueError, match=r"input.channel_order: checkpoint "
+                     r"'RGB', config 'BGR'"):
+    train.train_and_evaluate(bgr, str(tmp_path))
+  longer = tiny_config(tiny_data_dir, num_train_steps=10, num_epochs=-1)
+  assert int(train.train_and_evaluate(longer, str(tmp_path)).step) == 10
+
+
 @pytest.mark.parametrize('change,match', [
     (dict(batch_size=15), r'batch_size=15 is not divisible by the data axis'),
     (dict(input=dict(dataset='imagenet')), r"Unknown dataset 'imagenet'"),

@@ -19,10 +19,11 @@ fc8's input, where, as in cuda-convnet's two-GPU layer file, fc8 holds one
 weight block per tower and sums the blocks' products (``psum``). fc8's bias is
 shared, not per tower.
 
-Input size (the 224/227 puzzle, docs/paper.md, "Input size"): we follow cuda-convnet, which
-computes ``1 + ceil((img - 11) / 4)`` conv1 positions. A 224x224 input is
-padded by 3 pixels at the bottom and right (the kernel's overhang), giving
-55x55; a 227x227 input needs no padding and gives the same 55x55. Shapes
+Input size (the 224/227 puzzle, docs/paper.md, "Input size"): we follow
+cuda-convnet, which computes ``1 + ceil((img - 11) / 4)`` conv1 positions.
+A 224x224 input is padded by 3 pixels at the bottom and right (the kernel's
+overhang), giving 55x55; a 227x227 input needs no padding and gives the
+same 55x55. Shapes
 then go 55 -> 27 (pool) -> 27 (conv2) -> 13 (pool) -> 13 (conv3-5) -> 6.
 
 ``towers=1`` is the paper's one-GPU comparison net (section 3.2 and its

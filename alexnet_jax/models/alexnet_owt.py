@@ -141,7 +141,7 @@ class AlexNetOWT(nn.Module):
     return kernel[None]  # [k, k, 3, n] as the one tower's block
 
   def check_images(self, images) -> None:
-    """Raises ValueError unless ``images`` is ``(N, image_size, image_size, 3)``."""
+    """Raises ValueError unless ``images`` is ``(N, size, size, 3)``."""
     shape = tuple(images.shape)
     want = (self.image_size, self.image_size, 3)
     if len(shape) != 4 or shape[1:] != want:
