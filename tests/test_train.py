@@ -66,13 +66,27 @@ def leaves(state):
 
 
 @pytest.fixture(scope='module')
-def full_run(tiny_data_dir, tmp_path_factory):
+def full_run_and_its_steps(tiny_data_dir, tmp_path_factory):
   """Three epochs without a stop. Tolerance 1 means no evaluation counts as
-  an improvement, so with patience 1 the rate drops after the 2nd and 3rd."""
+  an improvement, so with patience 1 the rate drops after the 2nd and 3rd.
+  Also the jitted train and eval steps the run made (by name)."""
   workdir = str(tmp_path_factory.mktemp('full'))
   config = tiny_config(tiny_data_dir, schedule='plateau', learning_rate=0.01)
   config.plateau.update(patience=1, tolerance=1.0)
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  made = {}
+  with pytest.MonkeyPatch.context() as patch:
+    for name in ('make_train_step', 'make_eval_step'):
+      def keep(*args, make=getattr(parallel, name), name=name):
+        made[name] = make(*args)
+        return made[name]
+      patch.setattr(parallel, name, keep)
+    state = train.train_and_evaluate(config, workdir)
+  return (config, workdir, state), made
+
+
+@pytest.fixture(scope='module')
+def full_run(full_run_and_its_steps):
+  return full_run_and_its_steps[0]
 
 
 def test_a_run_writes_metrics_checkpoints_and_figures(full_run):
@@ -96,6 +110,19 @@ def test_a_run_writes_metrics_checkpoints_and_figures(full_run):
   for name in ('conv1_kernels.png', 'learning_curves.png', 'config.json'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+
+
+def test_the_steps_compile_once_a_run(full_run_and_its_steps):
+  """Across epochs, evaluations, checkpoints and the two learning-rate
+  drops, the train step compiles once and the eval step once per crop
+  layout (centre crops each epoch, ten crops at the end): nothing in the
+  loop changes a shape, dtype or sharding of what the steps take."""
+  (config, _, state), made = full_run_and_its_steps
+  assert config.input.ten_crop_eval and config.checkpoint_every_steps < 36
+  np.testing.assert_allclose(float(train.steps.learning_rate(state)), 1e-4,
+                             rtol=1e-6)  # both drops happened
+  assert made['make_train_step']._cache_size() == 1
+  assert made['make_eval_step']._cache_size() == 2
 
 
 def test_stop_and_resume_ends_where_an_uninterrupted_run_does(
