@@ -27,12 +27,12 @@ it was. A workdir that already holds a run is refused.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from ml_collections import config_flags
@@ -255,9 +255,8 @@ def convert(tensors: dict[str, np.ndarray], source: str,
   ``source``'s ``tensors`` (the layout conversion is linear: gradients
   convert alike). Raises ValueError naming a misfit tensor."""
   model = steps.create_model(config.model)
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(
-          (1, model.image_size, model.image_size, 3)), train=False))['params']
+  shapes = jax.eval_shape(functools.partial(steps.init_params, model),
+                          jax.random.key(0))
   names = (TORCHVISION_LAYERS if source == 'torchvision'
            else {n: n for n in CAFFE_LAYERS})
   model_name = f'{config.model.name!r}'

@@ -20,6 +20,7 @@ name (``optax.tree_utils``), not by its place in the chain.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -118,14 +119,19 @@ def momentum(state: TrainState):
   return optax.tree_utils.tree_get(state.opt_state, 'trace')
 
 
+def init_params(model: models.Interface, rng: jax.Array):
+  """The model's freshly initialized parameters (traced on one image)."""
+  size = model.image_size
+  return model.init(rng, jnp.zeros((1, size, size, 3), model.dtype),
+                    train=False)['params']
+
+
 def create_train_state(config: ml_collections.ConfigDict,
                        model: models.Interface, rng: jax.Array,
                        learning_rate: float | optax.Schedule | None = None
                        ) -> TrainState:
   """Parameters with the model's init and a fresh optimizer state."""
-  size = model.image_size
-  params = jax.jit(model.init, static_argnames='train')(
-      rng, jnp.zeros((1, size, size, 3), model.dtype), train=False)['params']
+  params = jax.jit(functools.partial(init_params, model))(rng)
   return TrainState.create(
       apply_fn=model.apply, params=params,
       tx=create_optimizer(config, learning_rate), model=model)
