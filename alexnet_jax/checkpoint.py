@@ -73,6 +73,8 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict, *,
 # Fields added after runs were first recorded, with the value every run
 # recorded without them had. A model without a name is the paper's net.
 ADDED_MODEL_FIELDS = {'name': 'alexnet', 'lrn_across_towers': False}
+# Model fields that choose a lowering of the same math (``conv_impl``, ...).
+IMPL_SUFFIX = '_impl'
 ADDED_INPUT_FIELDS = dataclasses.asdict(input_pipeline.PAPER_PIXELS)
 
 
@@ -119,8 +121,10 @@ def check_compatible(manager: ocp.CheckpointManager,
     return
   want = record(config, {})
   saved_model = with_added_fields({'model': saved['model']})['model']
+  # How ops are lowered is not what was trained: a run may move backends.
   diffs = [f'model.{k}: checkpoint {saved_model.get(k)!r}, config {v!r}'
-           for k, v in want['model'].items() if saved_model.get(k) != v]
+           for k, v in want['model'].items()
+           if saved_model.get(k) != v and not k.endswith(IMPL_SUFFIX)]
   if saved['dataset'] != want['dataset']:
     diffs.append(f'input.dataset: checkpoint {saved["dataset"]!r}, config '
                  f'{want["dataset"]!r}')

@@ -13,6 +13,11 @@ SIGTERM stopped it after saving a checkpoint, so that a scheduler or a retry
 loop runs the same command again to continue; 1 on an error.
 """
 
+# Before the imports below start anything: huge pages for XLA:CPU's arrays.
+from alexnet_jax import host_memory  # pylint: disable=g-bad-import-order
+if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
+
 import logging as std_logging
 import sys
 

@@ -72,12 +72,30 @@ def _max_pool_bwd(window, stride, residuals, g):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+def _reduce_window(x, window, stride):
+  """XLA's own max pooling; its backward is ``select_and_scatter``."""
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
+                           (1, stride, stride, 1), 'VALID')
+
+
+# ``impl`` of max_pool: the same values and gradients, two lowerings.
+IMPLEMENTATIONS = {
+    'strided_views': _max_pool,  # the custom backward above
+    'reduce_window': _reduce_window,  # the native op
+}
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
+             impl: str = 'strided_views') -> jax.Array:
   """VALID max pooling of NHWC ``x`` over ``window x window``, ``stride``.
 
   Same values and gradients as ``flax.linen.max_pool(x, (window, window),
-  strides=(stride, stride), padding='VALID')``.
+  strides=(stride, stride), padding='VALID')`` with either ``impl``
+  (``'strided_views'``: the custom backward; ``'reduce_window'``: XLA's).
   """
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'Unknown max_pool impl {impl!r}; use one of '
+                     f'{sorted(IMPLEMENTATIONS)}.')
   if not 1 <= window <= 11 or stride < 1:
     raise ValueError(f'max_pool needs 1 <= window <= 11 and stride >= 1; got '
                      f'window={window}, stride={stride}.')
@@ -85,4 +103,4 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   if min(h, w) < window:
     raise ValueError(f'max_pool input {h}x{w} is smaller than its window '
                      f'{window}x{window}.')
-  return _max_pool(x, window, stride)
+  return IMPLEMENTATIONS[impl](x, window, stride)

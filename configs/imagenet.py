@@ -46,6 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
       # Caffe's BVLC net: True (docs/other_alexnets.md).
       lrn_across_towers=False,
       dtype='float32',  # or 'bfloat16': bfloat16 compute, float32 params
+      # How conv1, conv2-5, pooling and LRN are lowered: the same math,
+      # 'auto' picks by backend (models/alexnet.py, IMPLEMENTATIONS).
+      conv1_impl='auto',
+      conv_impl='auto',
+      pool_impl='auto',
+      lrn_impl='auto',
   ))
 
   # Sections 2 and 4.1; see alexnet_jax/input_pipeline.py.

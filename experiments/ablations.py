@@ -19,6 +19,11 @@ only the model, so the same ablations run on ``configs/imagenet.py`` or a
 
 from __future__ import annotations
 
+# Before the imports below start anything: huge pages for XLA:CPU's arrays.
+from alexnet_jax import host_memory  # pylint: disable=g-bad-import-order
+if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
+
 import json
 import re
 import sys

@@ -25,6 +25,7 @@ outputs, overlapping 3/2 pooling, dropout 0.5.
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -61,35 +62,73 @@ def alexnet(use_lrn: bool, num_classes: int = 1000) -> nn.Module:
   )
 
 
+class Runner:
+  """One train step of the net (forward, backward, SGD with momentum and
+  weight decay) on a fixed batch: ``run`` times it, ``median_s`` is the
+  median of the recorded steps."""
+
+  def __init__(self, use_lrn: bool, batch_size: int,
+               num_classes: int = 1000):
+    self.model = alexnet(use_lrn, num_classes)
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01,
+                               momentum=0.9, weight_decay=5e-4)
+    self.images = torch.randn(batch_size, 3, 224, 224)
+    self.labels = torch.randint(0, num_classes, (batch_size,))
+    self.times = []
+
+  def run(self, index: int, record: bool) -> None:
+    del index  # the same batch every step
+    start = time.perf_counter()
+    self.opt.zero_grad(set_to_none=True)
+    F.cross_entropy(self.model(self.images), self.labels).backward()
+    self.opt.step()
+    if record:
+      self.times.append(time.perf_counter() - start)
+
+  @property
+  def median_s(self) -> float:
+    return statistics.median(self.times)
+
+
+def framework() -> dict:
+  return dict(framework=f'pytorch {torch.__version__}',
+              threads=torch.get_num_threads())
+
+
+def serve(runs: dict) -> None:
+  """Steps on request, for ``alexnet_jax.benchmark --compare``: prints one
+  JSON line with the framework, then reads lines ``lrn`` or ``no_lrn`` from
+  stdin and answers each with the seconds of one such step (so that another
+  process can interleave its own steps with these, each process idle while
+  the other runs)."""
+  print(json.dumps(framework()), flush=True)
+  for line in sys.stdin:
+    runner = runs[line.strip() == 'lrn']
+    runner.run(0, record=True)
+    print(runner.times[-1], flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--serve', action='store_true',
+                      help='step on request from stdin (see serve)')
   args = parser.parse_args()
   torch.manual_seed(0)
-  images = torch.randn(args.batch_size, 3, 224, 224)
-  labels = torch.randint(0, 1000, (args.batch_size,))
-  runs = {}
-  for use_lrn in (True, False):
-    model = alexnet(use_lrn)
-    assert sum(p.numel() for p in model.parameters()) == 60_965_224
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
-                          weight_decay=5e-4)
-    runs[use_lrn] = (model, opt, [])
+  runs = {use_lrn: Runner(use_lrn, args.batch_size)
+          for use_lrn in (True, False)}
+  assert sum(p.numel() for p in runs[True].model.parameters()) == 60_965_224
+  if args.serve:
+    serve(runs)
+    return
   for i in range(args.warmup + args.steps):
-    for model, opt, times in runs.values():
-      start = time.perf_counter()
-      opt.zero_grad(set_to_none=True)
-      F.cross_entropy(model(images), labels).backward()
-      opt.step()
-      if i >= args.warmup:
-        times.append(time.perf_counter() - start)
-  with_lrn = statistics.median(runs[True][2])
-  without = statistics.median(runs[False][2])
+    for runner in runs.values():  # alternating: the same machine load
+      runner.run(i, record=i >= args.warmup)
+  with_lrn, without = runs[True].median_s, runs[False].median_s
   print(json.dumps(dict(
-      framework=f'pytorch {torch.__version__}', threads=torch.get_num_threads(),
-      batch_size=args.batch_size, steps=args.steps,
+      **framework(), batch_size=args.batch_size, steps=args.steps,
       images_per_sec=round(args.batch_size / with_lrn, 2),
       images_per_sec_without_lrn=round(args.batch_size / without, 2),
       lrn_share=round(1 - without / with_lrn, 4))))

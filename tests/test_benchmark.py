@@ -8,6 +8,7 @@ import pytest
 
 from alexnet_jax import benchmark
 from configs import alexnet_owt
+from configs import imagenet
 from conftest import small_config
 
 FIELDS = {'images_per_sec', 'step_ms', 'compile_s', 'batch_size',
@@ -99,3 +100,71 @@ def test_input_benchmark_from_a_store_sends_uint8(fmt):
   tfds = benchmark.benchmark_input(smallest_config(), steps=1, warmup=0)
   assert tfds['image_dtype'] == 'float32'
   assert tfds['bytes_to_device_per_image'] == 4 * 64 * 64 * 3 + 4
+
+
+def test_sweep_times_each_choice_left_at_auto():
+  """Fields set in the config stay fixed; the others' choices are all
+  timed; one of them is what 'auto' picks."""
+  config = smallest_config()
+  config.model.update(conv1_impl='per_tower', conv_impl='per_tower',
+                      pool_impl='strided_views')  # lrn_impl left at auto
+  assert benchmark.sweep_variants(config) == [
+      {'lrn_impl': 'custom_vjp'}, {'lrn_impl': 'autodiff'}]
+  reported = []
+  results = benchmark.sweep(config, steps=1, warmup=0, batch_sizes=[4],
+                            report=reported.append)
+  assert reported == results
+  assert [(r['batch_size'], r['lrn_impl'], r['auto']) for r in results] == [
+      (4, 'custom_vjp', True), (4, 'autodiff', False)]
+  assert all(r['conv_impl'] == 'per_tower' and r['images_per_sec'] > 0
+             for r in results)
+
+
+def test_the_table_puts_the_fastest_first_per_batch_size():
+  names = ('conv1_impl', 'conv_impl', 'pool_impl', 'lrn_impl')
+  results = [dict(zip(names, (c1, 'per_tower', 'reduce_window', 'autodiff')),
+                  batch_size=batch, dtype='float32', images_per_sec=rate,
+                  auto=c1 == 'patches')
+             for batch, c1, rate in ((8, 'patches', 10.0), (8, 'grouped', 20.0),
+                                     (2, 'grouped', 4.0), (2, 'patches', 5.0))]
+  table = benchmark.fastest_table(results).splitlines()
+  assert table[0] == ('| batch | dtype | conv1_impl | conv_impl | pool_impl | '
+                      'lrn_impl | images/s | vs fastest | vs auto | auto |')
+  cells = [row[2:-2].split(' | ') for row in table[2:]]
+  assert [(c[0], c[2], c[6], c[7], c[8], c[9]) for c in cells] == [
+      ('2', 'patches', '5.00', '1.00', '1.00', 'yes'),
+      ('2', 'grouped', '4.00', '0.80', '0.80', ''),
+      ('8', 'grouped', '20.00', '1.00', '2.00', ''),
+      ('8', 'patches', '10.00', '0.50', '1.00', 'yes')]
+
+
+def test_sweep_of_every_choice_and_of_a_model_without_choices():
+  config = smallest_config()
+  variants = benchmark.sweep_variants(config)
+  assert len(variants) == 3 * 3 * 2 * 2 and len(
+      {tuple(v.items()) for v in variants}) == len(variants)
+  config.model.use_lrn = False  # then the LRN's choice is not swept
+  assert len(benchmark.sweep_variants(config)) == 3 * 3 * 2
+  with pytest.raises(ValueError, match="'alexnet_owt' has none"):
+    benchmark.sweep_variants(alexnet_owt.get_config())
+  with pytest.raises(ValueError, match='batch_size must be >= 1; got 0'):
+    benchmark.sweep(smallest_config(), steps=1, warmup=0, batch_sizes=[0])
+
+
+def test_compare_against_pytorch_reports_both_ratios():
+  """The paper net at full size, batch 2, one step of each of the four."""
+  config = imagenet.get_config()
+  config.batch_size = 2
+  result = benchmark.compare(config, steps=1, warmup=0)
+  torch_rates = result['pytorch']
+  assert torch_rates['framework'].startswith('pytorch ')
+  assert result['speedup_with_lrn'] == pytest.approx(
+      result['images_per_sec'] / torch_rates['images_per_sec'], rel=0.01)
+  assert result['speedup_without_lrn'] == pytest.approx(
+      result['images_per_sec_without_lrn']
+      / torch_rates['images_per_sec_without_lrn'], rel=0.01)
+
+
+def test_compare_needs_the_paper_net():
+  with pytest.raises(ValueError, match='paper net.*width=1.0'):
+    benchmark.compare(smallest_config(), steps=1, warmup=0)

@@ -189,6 +189,12 @@ def test_paper_init():
     dict(pool_window=2, pool_stride=2),
     dict(towers=1),
     dict(lrn_depth_radius=1, lrn_alpha=0.3, lrn_bias=1.0, lrn_beta=0.5),
+    # Every lowering choice (the same math): the backends' 'auto' sets and
+    # a third that holds the choices neither has; the reference is the same.
+    alexnet.AUTO['cpu'],
+    alexnet.AUTO['accelerator'],
+    dict(conv1_impl='per_tower', conv_impl='per_tower',
+         pool_impl='strided_views', lrn_impl='autodiff'),
 ])
 def test_matches_reference_values_and_gradients(fields):
   m = alexnet.AlexNet(**SMALL_NET, **fields)
@@ -218,10 +224,12 @@ def test_matches_reference_values_and_gradients(fields):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def test_split_code_path_matches_one_device():
+@pytest.mark.parametrize('impls', [alexnet.AUTO['cpu'],
+                                   alexnet.AUTO['accelerator']])
+def test_split_code_path_matches_one_device(impls):
   """model_axis: one tower per call (vmapped here) equals both on one device."""
-  m = alexnet.AlexNet(**SMALL_NET)
-  split = alexnet.AlexNet(**SMALL_NET, model_axis='model')
+  m = alexnet.AlexNet(**SMALL_NET, **impls)
+  split = alexnet.AlexNet(**SMALL_NET, **impls, model_axis='model')
   params = init(m)
   x = images(m)
   axes = m.tower_axes(params)
@@ -372,7 +380,36 @@ def test_bad_images_are_refused_before_compiling(shape, match):
     (dict(width=0.0), 'width'),
     (dict(pool_window=0), 'pool_window'),
     (dict(num_classes=0), 'num_classes'),
+    (dict(conv_impl='cudnn'),
+     r"conv_impl 'cudnn'.*\['auto', 'per_tower', 'grouped', 'patches'\]"),
+    (dict(conv1_impl='im2col'), r"conv1_impl 'im2col'.*'patches'"),
+    (dict(pool_impl='avg'), r"pool_impl 'avg'.*'reduce_window'"),
+    (dict(lrn_impl='tf'), r"lrn_impl 'tf'.*'autodiff'.*'custom_vjp'"),
 ])
 def test_bad_fields_are_refused_at_construction(fields, match):
   with pytest.raises(ValueError, match=match):
     alexnet.AlexNet(**fields)
+
+
+def test_the_variants_cover_every_choice():
+  cases = test_matches_reference_values_and_gradients.pytestmark[0].args[1]
+  for name, choices in alexnet.IMPLEMENTATIONS.items():
+    assert set(choices) <= {case.get(name) for case in cases}, name
+
+
+def test_auto_picks_by_backend_and_conv1_width(monkeypatch):
+  """'auto' is the CPU set on CPU, the native set elsewhere; on CPU conv1
+  runs as patches only with enough kernels in the call; a field that is
+  set is kept."""
+  assert alexnet.AlexNet().implementations() == alexnet.AUTO['cpu']
+  assert alexnet.AlexNet(model_axis='model').implementations()[
+      'conv1_impl'] == 'patches'  # 48 kernels a tower
+  small = alexnet.AlexNet(width=0.125)  # 6 a tower, 12 for both
+  assert small.implementations()['conv1_impl'] == 'grouped'
+  assert alexnet.AlexNet(width=0.125, conv1_impl='patches').implementations(
+  )['conv1_impl'] == 'patches'
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert alexnet.AlexNet().implementations() == alexnet.AUTO['accelerator']
+  assert alexnet.AlexNet(pool_impl='strided_views').implementations()[
+      'pool_impl'] == 'strided_views'
+  assert alexnet.auto_implementations('tpu') == alexnet.AUTO['accelerator']

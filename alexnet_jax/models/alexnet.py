@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from alexnet_jax import convolution
 from alexnet_jax import lrn
 from alexnet_jax import models
 from alexnet_jax import pooling
@@ -66,6 +67,40 @@ SHARED_PARAMS = (('fc8', 'bias'),)
 # with positive input (conv2, conv4, conv5, fc6, fc7), 0 elsewhere.
 INIT_STDDEV = 0.01
 BIAS_ONE_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+
+# How each op is lowered (the same math; the choices are tested equal in
+# values and gradients). 'auto' picks by ``jax.default_backend()``: on CPU
+# what measured fastest with XLA:CPU on the 2-core machine (docs/design.md,
+# "Per-backend implementations"); elsewhere the native forms XLA's GPU and
+# TPU backends are built around (unmeasured here: time them with
+# ``python -m alexnet_jax.benchmark --sweep``).
+IMPLEMENTATIONS = {
+    'conv1_impl': ('per_tower', 'grouped', 'patches'),
+    'conv_impl': ('per_tower', 'grouped', 'patches'),  # conv2-conv5
+    'pool_impl': tuple(pooling.IMPLEMENTATIONS),
+    'lrn_impl': tuple(lrn.IMPLEMENTATIONS),
+}
+AUTO = {
+    # Convolutions as patches only with at least PATCHES_MIN_KERNELS kernels
+    # a tower (else CPU_NARROW): the patches are the same size whatever the
+    # kernel count, and with few kernels writing them costs more than the
+    # convolution (docs/design.md, "Per-backend implementations").
+    'cpu': dict(conv1_impl='patches', conv_impl='patches',
+                pool_impl='reduce_window', lrn_impl='custom_vjp'),
+    'accelerator': dict(conv1_impl='grouped', conv_impl='grouped',
+                        pool_impl='reduce_window', lrn_impl='autodiff'),
+}
+
+
+PATCHES_MIN_KERNELS = 32
+CPU_NARROW = dict(conv1_impl='grouped', conv_impl='per_tower')
+
+
+def auto_implementations(backend: str | None = None) -> dict[str, str]:
+  """What ``'auto'`` means on ``backend`` (default: JAX's default backend)."""
+  backend = backend or jax.default_backend()
+  return dict(AUTO['cpu' if backend == 'cpu' else 'accelerator'])
+
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': nn.relu,
@@ -140,37 +175,59 @@ def tower_index(local_index: int, axis_name: str | None) -> jax.Array | int:
   return lax.axis_index(axis_name)
 
 
-def _conv(x, kernel, stride, padding):
-  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
 class TowerConv(nn.Module):
-  """One convolution per tower; kernel ``(towers, kh, kw, in, out)``.
+  """The towers' convolutions; kernel ``(towers, kh, kw, in, out)``.
 
-  Even where the towers read the same input (conv1, conv3) they stay separate
-  convolutions: XLA:CPU then runs the two towers side by side on two cores,
-  which measured faster than one convolution with both towers' kernels.
+  ``impl`` lowers them (the same function; see ``IMPLEMENTATIONS``):
+
+  * ``'per_tower'``: one convolution per tower, even where the towers read
+    the same input (conv1, conv3). XLA:CPU runs a grouped convolution
+    several times slower than the groups as separate convolutions.
+  * ``'grouped'``: one convolution for all towers: a grouped convolution
+    (``feature_group_count=towers``, cuDNN's native form) where each tower
+    reads its own input, the towers' kernels side by side where they read
+    the same one.
+  * ``'patches'``: one matmul over image patches (``convolution.py``), the
+    towers' kernels side by side where they read the same input, one matmul
+    per tower where not.
   """
   features: int
   kernel_size: int
   stride: int = 1
-  padding: Any = 'SAME'
+  padding: Any = None  # ((top, bottom), (left, right)); None: 'SAME'
   bias_init_value: float = 0.0
   dtype: Any = jnp.float32
   init_stddev: float = INIT_STDDEV
+  impl: str = 'per_tower'
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
-    k = self.kernel_size
-    shape = (len(xs), k, k, xs[0].shape[-1], self.features)
+    k, towers = self.kernel_size, len(xs)
+    shape = (towers, k, k, xs[0].shape[-1], self.features)
     kernel = self.param('kernel', nn.initializers.normal(self.init_stddev),
                         shape)
     kernel = kernel.astype(self.dtype)
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
-                      (len(xs), self.features)).astype(self.dtype)
-    return [_conv(x, kernel[t], self.stride, self.padding) + bias[t]
-            for t, x in enumerate(xs)]
+                      (towers, self.features)).astype(self.dtype)
+    padding = self.padding or convolution.same_padding(k)
+    lowering = (convolution.patches_conv if self.impl == 'patches'
+                else convolution.conv)
+    shared = all(x is xs[0] for x in xs)  # conv1, conv3: the same input
+    if towers == 1 or self.impl == 'per_tower' or (
+        self.impl == 'patches' and not shared):
+      return [lowering(x, kernel[t], self.stride, padding) + bias[t]
+              for t, x in enumerate(xs)]
+    # All towers at once: kernels side by side, (k, k, in, towers * out).
+    stacked = jnp.moveaxis(kernel, 0, -2).reshape(k, k, -1, towers *
+                                                  self.features)
+    if shared:
+      y = lowering(xs[0], stacked, self.stride, padding)
+    else:  # 'grouped' over the towers' channels side by side
+      y = convolution.conv(jnp.concatenate(xs, axis=-1), stacked,
+                           self.stride, padding, groups=towers)
+    y = y + bias.reshape(-1)
+    return [y[..., t * self.features:(t + 1) * self.features]
+            for t in range(towers)]
 
 
 class TowerDense(nn.Module):
@@ -242,6 +299,11 @@ class AlexNet(nn.Module):
       costs an all-gather of the layer's channels before each LRN).
     dtype: compute dtype (bfloat16 computes in bfloat16 with float32
       parameters; LRN accumulates in float32; logits are float32).
+    conv1_impl, conv_impl, pool_impl, lrn_impl: how conv1, conv2-conv5,
+      the max pooling and the LRN are lowered (``IMPLEMENTATIONS``; the same
+      math); 'auto' picks by backend (``AUTO``). With one tower per device
+      (``model_axis``) a layer's towers are apart, so 'grouped' and
+      'per_tower' are the same convolution.
     model_axis: name of the mesh axis the towers are split over inside
       ``shard_map``; None runs all towers on this device.
   """
@@ -261,15 +323,37 @@ class AlexNet(nn.Module):
   init_stddev: float = INIT_STDDEV
   relu_bias_init: float = 1.0
   lrn_across_towers: bool = False
+  conv1_impl: str = 'auto'
+  conv_impl: str = 'auto'
+  pool_impl: str = 'auto'
+  lrn_impl: str = 'auto'
   dtype: Any = jnp.float32
   model_axis: str | None = None
 
   feature_layer: ClassVar[str] = 'fc7'
   first_layer: ClassVar[str] = 'conv1'
+  implementation_choices: ClassVar[dict] = IMPLEMENTATIONS
 
   def __post_init__(self):
     _validate_fields(self)
     super().__post_init__()
+
+  def implementations(self) -> dict[str, str]:
+    """Each ``*_impl`` field, with 'auto' resolved for this backend."""
+    auto = auto_implementations()
+    kernels = self.tower_features()
+    narrow = {'conv1_impl': kernels['conv1'] < PATCHES_MIN_KERNELS,
+              'conv_impl': min(kernels[f'conv{i}'] for i in range(2, 6))
+                           < PATCHES_MIN_KERNELS}
+    for name, is_narrow in narrow.items():
+      if auto[name] == 'patches' and is_narrow:
+        auto[name] = CPU_NARROW[name]
+    return {name: auto[name] if getattr(self, name) == 'auto'
+            else getattr(self, name) for name in IMPLEMENTATIONS}
+
+  def _local_towers(self) -> int:
+    """How many towers one call computes (one per device when split)."""
+    return 1 if self.model_axis is not None else self.towers
 
   def tower_features(self) -> dict[str, int]:
     """Kernels (units) per tower of each layer, after ``width``."""
@@ -291,8 +375,7 @@ class AlexNet(nn.Module):
     self.check_images(images)
     act = lambda xs: [ACTIVATIONS[self.activation](x) for x in xs]
 
-    local_towers = 1 if self.model_axis is not None else self.towers
-    xs = [images.astype(self.dtype)] * local_towers
+    xs = [images.astype(self.dtype)] * self._local_towers()
     xs = self._sow('conv1', act(self._conv('conv1')(xs)))
     xs = self._sow('pool1', self._pool(self._norm(xs)))
     xs = self._sow('conv2', act(self._conv('conv2')(xs)))
@@ -316,13 +399,14 @@ class AlexNet(nn.Module):
   def _conv(self, name: str) -> TowerConv:
     index = int(name[-1]) - 1
     kernel, stride = CONV_KERNELS[index]
-    padding = 'SAME'
+    padding = None  # 'SAME'
+    impl = self.implementations()['conv1_impl' if index == 0 else 'conv_impl']
     if index == 0:  # cuda-convnet's overhang, see the module docstring
       overhang = ((conv1_output_size(self.image_size) - 1) * stride + kernel
                   - self.image_size)
       padding = ((0, overhang), (0, overhang))
     return TowerConv(self.tower_features()[name], kernel, stride, padding,
-                     name=name,
+                     name=name, impl=impl,
                      bias_init_value=self._bias_init(name),
                      dtype=self.dtype, init_stddev=self.init_stddev)
 
@@ -344,7 +428,8 @@ class AlexNet(nn.Module):
       return xs
     norm = lambda x: lrn.local_response_norm(
         x, depth_radius=self.lrn_depth_radius, bias=self.lrn_bias,
-        alpha=self.lrn_alpha, beta=self.lrn_beta)
+        alpha=self.lrn_alpha, beta=self.lrn_beta,
+        impl=self.implementations()['lrn_impl'])
     if not self.lrn_across_towers:
       # Paper: per tower, the window never crosses the tower boundary.
       return [norm(x) for x in xs]
@@ -358,7 +443,8 @@ class AlexNet(nn.Module):
 
   def _pool(self, xs):
     w, s = self.pool_window, self.pool_stride
-    return [pooling.max_pool(x, w, s) for x in xs]
+    impl = self.implementations()['pool_impl']
+    return [pooling.max_pool(x, w, s, impl) for x in xs]
 
   def _dropout(self, xs, train, salt):
     if not train or self.dropout_rate == 0.0:
@@ -415,6 +501,11 @@ def _validate_fields(m: AlexNet) -> None:
   if not 1 <= m.pool_window <= 11 or m.pool_stride < 1:
     raise ValueError(f'pool_window must be in [1, 11] and pool_stride >= 1 '
                      f'(paper: 3 and 2); got {m.pool_window}, {m.pool_stride}.')
+  for name, choices in IMPLEMENTATIONS.items():
+    if getattr(m, name) not in ('auto',) + choices:
+      raise ValueError(f'Unknown {name} {getattr(m, name)!r}; use one of '
+                       f'{["auto", *choices]} (the same math; \'auto\' picks '
+                       f'by backend, here {auto_implementations()[name]!r}).')
   if m.use_lrn:
     lrn.check_args(m.lrn_depth_radius, m.lrn_bias, m.lrn_alpha, m.lrn_beta)
   feature_sizes(m.image_size, m.pool_window, m.pool_stride)
