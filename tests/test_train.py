@@ -262,14 +262,32 @@ def test_a_different_model_in_the_workdir_is_refused_untouched(
   assert not (tmp_path / 'never_created').exists()  # no data work started
 
 
+def test_another_lowering_of_the_same_net_may_continue_the_run(full_run):
+  """The ``*_impl`` fields choose how ops are lowered, not the net: a run
+  started with one set (another backend's) continues with another; a field
+  of the net itself still has to match."""
+  config, workdir, _ = full_run
+  other = config.copy_and_resolve_references()
+  other.model.update(conv1_impl='patches', conv_impl='grouped',
+                     pool_impl='strided_views', lrn_impl='autodiff')
+  manager = checkpoint.create_manager(workdir, other, read_only=True)
+  checkpoint.check_compatible(manager, other)
+  other.model.lrn_across_towers = True
+  with pytest.raises(ValueError, match=r'model.lrn_across_towers: '
+                     r'checkpoint False, config True'):
+    checkpoint.check_compatible(manager, other)
+
+
 def test_a_run_recorded_before_model_names_and_pixel_fields_goes_on(
     tiny_data_dir, tmp_path, monkeypatch):
   """A run whose config.json and checkpoint records lack ``model.name``,
-  ``model.lrn_across_towers`` and the input's pixel fields (written before
+  ``model.lrn_across_towers``, the ``*_impl`` fields and the input's pixel
+  fields (written before
   they existed) is read as the paper's net and convention: predict loads
   it and training continues it; another pixel convention is refused."""
   config = tiny_config(tiny_data_dir, num_train_steps=5, num_epochs=-1)
-  new_model = ('name', 'lrn_across_towers')
+  new_model = ('name', 'lrn_across_towers', 'conv1_impl', 'conv_impl',
+               'pool_impl', 'lrn_impl')
   new_input = ('mean_rgb', 'std_rgb', 'channel_order')
   current_record = checkpoint.record
 
