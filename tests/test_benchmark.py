@@ -158,11 +158,13 @@ def test_compare_against_pytorch_reports_both_ratios():
   result = benchmark.compare(config, steps=1, warmup=0)
   torch_rates = result['pytorch']
   assert torch_rates['framework'].startswith('pytorch ')
+  # The rates are rounded to 0.01 images/s (a few percent at batch 2 on a
+  # CPU); the ratios are of the unrounded ones.
   assert result['speedup_with_lrn'] == pytest.approx(
-      result['images_per_sec'] / torch_rates['images_per_sec'], rel=0.01)
+      result['images_per_sec'] / torch_rates['images_per_sec'], rel=0.05)
   assert result['speedup_without_lrn'] == pytest.approx(
       result['images_per_sec_without_lrn']
-      / torch_rates['images_per_sec_without_lrn'], rel=0.01)
+      / torch_rates['images_per_sec_without_lrn'], rel=0.05)
 
 
 def test_compare_needs_the_paper_net():
