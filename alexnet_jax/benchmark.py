@@ -443,8 +443,13 @@ def main(argv):
     print(json.dumps(benchmark_input(FLAGS.config, FLAGS.steps,
                                      FLAGS.warmup)), flush=True)
   elif FLAGS.sweep:
-    batch_sizes = [int(b) for b in FLAGS.batch_sizes] or [
-        FLAGS.config.batch_size]
+    try:
+      batch_sizes = [int(b) for b in FLAGS.batch_sizes] or [
+          FLAGS.config.batch_size]
+    except ValueError as e:
+      raise app.UsageError(f'--batch_sizes takes integers separated by '
+                           f'commas, e.g. 32,128; got {FLAGS.batch_sizes}.'
+                           ) from e
     results = sweep(FLAGS.config, FLAGS.steps, FLAGS.warmup, batch_sizes,
                     report=lambda r: print(json.dumps(r), flush=True))
     print(fastest_table(results), flush=True)

@@ -140,8 +140,9 @@ IMPLEMENTATIONS = {
     # The analytic backward above, the band matmul for few channels: what
     # measured fastest with XLA:CPU.
     'custom_vjp': _lrn,
-    # The same forward pass differentiated by JAX: XLA then fuses the
-    # backward with its neighbours (the native form for GPU and TPU).
+    # The same forward pass differentiated by JAX, which leaves XLA free to
+    # fuse the backward with its neighbours (the accelerators' choice;
+    # unmeasured there).
     'autodiff': _forward,
 }
 
@@ -159,8 +160,9 @@ def local_response_norm(x: jax.Array, *, depth_radius: int = 2,
     bias: ``k`` (paper: 2). Must be > 0.
     alpha: multiplies *each* squared term (paper and TF convention: 1e-4).
     beta: the exponent (paper: 0.75).
-    impl: ``'custom_vjp'`` (analytic backward) or ``'autodiff'`` (the plain
-      formula); same values and gradients up to float32 rounding.
+    impl: ``'custom_vjp'`` (the analytic backward) or ``'autodiff'`` (the
+      same forward pass, differentiated by JAX); the same values, gradients
+      equal up to float32 rounding.
 
   Returns:
     An array shaped and typed like ``x``.
