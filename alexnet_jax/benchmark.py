@@ -7,6 +7,8 @@
     python -m alexnet_jax.benchmark --compare --config=configs/imagenet.py \
         --config.batch_size=32
     python -m alexnet_jax.benchmark --part=input --config=configs/imagenet.py
+    python -m alexnet_jax.benchmark --suite --config=configs/imagenet.py \
+        --out=DIR
 
 Prints one JSON line: images_per_sec (from the median step), step_ms,
 compile_s, batch_size, image_size, dtype, devices, the ('data', 'model')
@@ -28,9 +30,16 @@ then a markdown table, fastest first per batch size.
 interleaved, and adds ``pytorch`` and the ratios ``speedup_with_lrn`` and
 ``speedup_without_lrn`` to the JSON line.
 
+``--suite`` measures the machine within ``--budget_s`` (8 minutes): on a
+GPU or TPU the config's net on one device at batch 128 to 1024 in float32
+and bfloat16, the same split over two devices, two epochs of
+configs/default.py, then each other lowering; without one, the CPU plan
+(batch 32, float32). It writes DIR/suite.json and DIR/suite.md.
+
 ``--part=input`` times the training input alone, on all cores, from
 ImageNet-sized JPEGs to batches on the devices: ``--config.input.source=tfds``
-(the tf.data augmentation of each original image, float32 out) or
+(the tf.data augmentation of each original image, out in the model's
+dtype) or
 ``=prepared`` (a store made first in a temporary directory, in
 ``--config.input.store_format=jpeg|raw``; uint8 patches out). Its JSON line
 has images_per_sec, images_per_sec_per_core and bytes_to_device_per_image.
@@ -43,6 +52,7 @@ from alexnet_jax import host_memory  # pylint: disable=g-bad-import-order
 if __name__ == '__main__':
   host_memory.reexec_with_huge_pages()
 
+import dataclasses
 import itertools
 import json
 import os
@@ -66,6 +76,8 @@ from alexnet_jax import prepare
 from alexnet_jax import prepared
 from alexnet_jax import steps
 from alexnet_jax import synthetic_shapes
+from alexnet_jax import train
+from configs import default
 
 FLAGS = flags.FLAGS
 # ImageNet's typical photo is about 500x375.
@@ -81,9 +93,9 @@ INPUT_STORE_EXAMPLES = 2_048
 class _Runner:
   """A compiled train step on the config's mesh, with a fixed batch."""
 
-  def __init__(self, config, **model_overrides):
+  def __init__(self, config, devices=None, **model_overrides):
     self.model = steps.create_model(config.model, **model_overrides)
-    self.mesh = parallel.make_mesh(config)
+    self.mesh = parallel.make_mesh(config, devices)
     rng = jax.random.key(config.seed)
     self.state = parallel.create_train_state(config, self.model, self.mesh,
                                              rng)
@@ -207,30 +219,55 @@ def sweep_variants(config) -> list[dict[str, str]]:
           for values in itertools.product(*swept.values())]
 
 
-def sweep(config, steps: int, warmup: int, batch_sizes, report=print
-          ) -> list[dict]:
-  """Times every variant of ``sweep_variants`` at each batch size, one after
-  another (one compiled net in memory at a time); ``report`` gets each
-  variant's figures as soon as they are measured. Each result also says
-  whether it is what 'auto' picks on this backend (``auto``)."""
+def one_at_a_time_variants(config) -> list[dict[str, str]]:
+  """What 'auto' picks (``{}``), then each other choice of each field of
+  ``sweep_variants`` with the rest at auto: 1 + the choices not taken, not
+  their product (36 for the paper net), for plans with many batch sizes."""
+  auto = _implementations(_model(config))
+  fields = {name for variant in sweep_variants(config) for name in variant}
+  choices = models.get(config.model.name).implementation_choices
+  return [{}] + [{name: value} for name in choices if name in fields
+                 for value in choices[name] if value != auto[name]]
+
+
+def _timed(config, steps: int, warmup: int, variant: dict, devices=None
+           ) -> dict:
+  """One variant's figures, with ``auto``: whether it is what 'auto' picks
+  on this backend."""
+  auto = _implementations(_model(config))
+  runner = _Runner(config, devices, **variant)
+  _interleaved([runner], steps, warmup)
+  result = _figures(config, runner, steps)
+  result['auto'] = all(result[k] == auto[k] for k in variant)
+  return result
+
+
+def sweep(config, steps: int, warmup: int, batch_sizes, report=print,
+          variants=None) -> list[dict]:
+  """Times every variant (default: ``sweep_variants``) at each batch size,
+  one after another (one compiled net in memory at a time); ``report``
+  gets each variant's figures as soon as they are measured."""
   _check_counts(steps, warmup)
-  variants = sweep_variants(config)
+  variants = sweep_variants(config) if variants is None else variants
   for batch in batch_sizes:
     _check_batch(batch)
   results = []
   for batch in batch_sizes:
-    sized = config.copy_and_resolve_references()
-    sized.batch_size = batch
-    auto = _implementations(_model(sized))
+    sized = _with(config, batch_size=batch)
     for variant in variants:
-      runner = _Runner(sized, **variant)
-      _interleaved([runner], steps, warmup)
-      result = _figures(sized, runner, steps)
-      result['auto'] = all(result[k] == auto[k] for k in variant)
-      report(result)
-      results.append(result)
-      del runner  # frees its state before the next variant compiles
+      results.append(_timed(sized, steps, warmup, variant))
+      report(results[-1])
   return results
+
+
+def _with(config, **fields):
+  """A copy of ``config`` with top-level ``fields`` (``model_dtype`` sets
+  ``model.dtype``)."""
+  config = config.copy_and_resolve_references()
+  if 'model_dtype' in fields:
+    config.model.dtype = fields.pop('model_dtype')
+  config.update(fields)
+  return config
 
 
 def _model(config):
@@ -262,6 +299,155 @@ def fastest_table(results: list[dict]) -> str:
              f'{r["images_per_sec"] / auto:.2f}' if auto else '-',
              'yes' if r['auto'] else '']) + ' |')
   return '\n'.join(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class SuitePlan:
+  """What ``--suite`` measures: the sweep (``one_at_a_time_variants``) at
+  each batch size and dtype on one device, the auto variant split over two
+  devices (the paper's 1x2) at the same sizes, and ``epochs`` epochs of the
+  default config from an empty workdir."""
+  name: str
+  batch_sizes: tuple[int, ...]
+  dtypes: tuple[str, ...]
+  steps: int
+  warmup: int
+  epochs: int = 2
+
+
+# Every shape of the issue's plan on a GPU or TPU; the paper net at batch
+# 1024 in float32 needs about 10 GB of activations.
+ACCELERATOR_PLAN = SuitePlan('accelerator', (128, 256, 512, 1024),
+                             ('float32', 'bfloat16'), steps=10, warmup=2)
+# The CPU has no fast bfloat16 (XLA:CPU computes it through float32): the
+# CPU plan is the CPU target's shape, float32 at batch 32.
+CPU_PLAN = SuitePlan('cpu', (32,), ('float32',), steps=4, warmup=1)
+SUITE_BUDGET_S = 480  # 8 minutes, from start to the written files
+
+
+def suite_plan(backend: str) -> SuitePlan:
+  return CPU_PLAN if backend == 'cpu' else ACCELERATOR_PLAN
+
+
+def suite(config, default_config, plan: SuitePlan, out_dir: str,
+          budget_s: float = SUITE_BUDGET_S, report=print,
+          clock=time.monotonic) -> dict:
+  """Runs ``plan`` within ``budget_s`` seconds and writes ``suite.json``
+  and ``suite.md`` into ``out_dir``; returns what it wrote.
+
+  Most telling first: the auto variant at every size and dtype, then the
+  split, then the default config's epochs, then the rest of the sweep.
+  Whatever would start after the budget is spent is listed under
+  ``skipped``, not run. ``report`` gets each result as it is measured;
+  ``clock`` tells the seconds.
+
+  Raises:
+    ValueError: ``out_dir`` already holds a suite's files (checked before
+      anything runs), or the plan's counts are bad.
+  """
+  paths = {ext: os.path.join(out_dir, f'suite.{ext}') for ext in ('json',
+                                                                  'md')}
+  taken = [p for p in paths.values() if os.path.exists(p)]
+  if taken:
+    raise ValueError(f'{taken} exist; pass another --out (a suite never '
+                     f'overwrites one measured before).')
+  _check_counts(plan.steps, plan.warmup)
+  for batch in plan.batch_sizes:
+    _check_batch(batch)
+  start = clock()
+  devices = jax.devices()
+  shapes = [(b, d) for d in plan.dtypes for b in plan.batch_sizes]
+  tasks = [('sweep', b, d, {}) for b, d in shapes]
+  if len(devices) >= 2 and _model(config).towers == 2:
+    tasks += [('split', b, d, {}) for b, d in shapes]
+  tasks.append(('default_config',))
+  tasks += [('sweep', b, d, v) for b, d in shapes
+            for v in one_at_a_time_variants(config)[1:]]
+  results = {'plan': dataclasses.asdict(plan), 'backend':
+             jax.default_backend(), 'device_kind': devices[0].device_kind,
+             'devices': len(devices), 'budget_s': budget_s, 'sweep': [],
+             'split': [], 'default_config': None, 'skipped': []}
+  for task in tasks:
+    if clock() - start >= budget_s:
+      results['skipped'].append(_describe(task))
+      continue
+    if task[0] == 'default_config':
+      results['default_config'] = _epochs(default_config, plan.epochs)
+      report(results['default_config'])
+      continue
+    kind, batch, dtype, variant = task
+    sized = _with(config, batch_size=batch, model_dtype=dtype,
+                  model_axis_size=2 if kind == 'split' else 1)
+    result = _timed(sized, plan.steps, plan.warmup, variant,
+                    devices[:2] if kind == 'split' else devices[:1])
+    results[kind].append(result)
+    report(result)
+  results['seconds'] = round(clock() - start, 1)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(paths['json'], 'w') as f:
+    json.dump(results, f, indent=2)
+  with open(paths['md'], 'w') as f:
+    f.write(suite_markdown(results))
+  return results
+
+
+def _describe(task) -> str:
+  if task[0] == 'default_config':
+    return 'default_config epochs'
+  kind, batch, dtype, variant = task
+  return f'{kind} batch {batch} {dtype} {variant or "auto"}'
+
+
+def _epochs(config, epochs: int) -> dict:
+  """``epochs`` epochs of ``config`` in a fresh temporary workdir (its
+  dataset made first if it is not there yet, outside the time): wall-clock
+  seconds from the empty workdir (compiles, evaluations and checkpoints
+  included) and the last validation error."""
+  config = _with(config, num_epochs=epochs, num_train_steps=-1)
+  config.input.ten_crop_eval = False
+  train.load_dataset(config)  # the synthetic set is generated on first use
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    seconds = time.perf_counter() - start
+    last = train.read_history(workdir)[-1]
+  return dict(part='default_config', dataset=config.input.dataset,
+              epochs=epochs, seconds=round(seconds, 1),
+              steps=last['step'], batch_size=config.batch_size,
+              images_per_sec=round(last['step'] * config.batch_size
+                                   / seconds, 1),
+              top1_error=round(last['top1_error'], 4),
+              dtype=config.model.dtype)
+
+
+def suite_markdown(results: dict) -> str:
+  """The suite's tables: the sweep (``fastest_table``), the split, the
+  default config's epochs, and what was skipped."""
+  plan = results['plan']
+  lines = [f'Suite ({plan["name"]} plan) on {results["devices"]} x '
+           f'{results["device_kind"]} ({results["backend"]}), '
+           f'{results.get("seconds", "?")} s of a {results["budget_s"]} s '
+           f'budget; {plan["steps"]} timed steps after {plan["warmup"]}.', '']
+  if results['sweep']:
+    lines += ['One device, train step, images/s:', '',
+              fastest_table(results['sweep']), '']
+  if results['split']:
+    lines += ['The paper\'s split, one tower per device (2 devices):', '',
+              '| batch | dtype | images/s | step ms |', '|---|---|---|---|']
+    lines += [f'| {r["batch_size"]} | {r["dtype"]} | '
+              f'{r["images_per_sec"]:.2f} | {r["step_ms"]:.2f} |'
+              for r in results['split']]
+    lines.append('')
+  epochs = results['default_config']
+  if epochs:
+    lines += [f'Default config, {epochs["epochs"]} epochs from an empty '
+              f'workdir: {epochs["seconds"]} s ({epochs["images_per_sec"]} '
+              f'images/s overall), validation top-1 error '
+              f'{epochs["top1_error"]:.2%}.', '']
+  if results['skipped']:
+    lines += ['Not run (budget spent): ' + '; '.join(results['skipped'])
+              + '.', '']
+  return '\n'.join(lines)
 
 
 BASELINE = os.path.join(os.path.dirname(os.path.dirname(__file__)),
@@ -356,7 +542,7 @@ def benchmark_input(config, steps: int, warmup: int) -> dict:
   """Times the training input from ImageNet-sized JPEGs made here to
   batches on the devices (``global_batch``, the transfer included), on all
   cores: ``input.source='tfds'`` runs the paper's augmentation per original
-  image (float32 batches); ``'prepared'`` first makes a store of them in a
+  image (batches in the model's dtype); ``'prepared'`` first makes a store of them in a
   temporary directory (in ``input.store_format``), then reads uint8 patches
   from it."""
   _check_counts(steps, warmup)
@@ -381,7 +567,8 @@ def benchmark_input(config, steps: int, warmup: int) -> dict:
           ds, config.seed, crop_size=config.model.image_size,
           resize=config.input.resize, crop=config.input.crop,
           pca_stddev=config.input.pca_stddev,
-          pixels=input_pipeline.Pixels.from_config(config.input))
+          pixels=input_pipeline.Pixels.from_config(config.input),
+          dtype=config.model.dtype)
       batches = ds.batch(config.batch_size).prefetch(
           tf.data.AUTOTUNE).as_numpy_iterator()
       keys = ('image', 'label')
@@ -439,6 +626,9 @@ def _store_batches(config, store: prepared.Store):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.suite:
+    # The default config's two CPU devices (on a CPU); before JAX starts.
+    parallel.split_cpu(default.get_config())
   if FLAGS.part == 'input':
     print(json.dumps(benchmark_input(FLAGS.config, FLAGS.steps,
                                      FLAGS.warmup)), flush=True)
@@ -456,6 +646,15 @@ def main(argv):
   elif FLAGS.compare:
     print(json.dumps(compare(FLAGS.config, FLAGS.steps, FLAGS.warmup)),
           flush=True)
+  elif FLAGS.suite:
+    plan = suite_plan(jax.default_backend())
+    if plan is CPU_PLAN:
+      print(f'No GPU or TPU here (JAX backend {jax.default_backend()!r}): '
+            f'running the CPU plan, {plan}.', file=sys.stderr, flush=True)
+    results = suite(FLAGS.config, default.get_config(), plan, FLAGS.out,
+                    FLAGS.budget_s,
+                    report=lambda r: print(json.dumps(r), flush=True))
+    print(suite_markdown(results), flush=True)
   else:
     print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup,
                                FLAGS.lrn_share)), flush=True)
@@ -478,6 +677,16 @@ if __name__ == '__main__':
   flags.DEFINE_bool('compare', False,
                     'Time the paper net against experiments/pytorch_baseline.py'
                     ', with and without LRN, interleaved; print both ratios.')
+  flags.DEFINE_bool('suite', False,
+                    'Measure this machine: the sweep at several batch sizes '
+                    'and dtypes, the split, two epochs of configs/default.py '
+                    '(the accelerator plan on a GPU or TPU, else the CPU '
+                    'plan), within --budget_s; writes suite.json and suite.md '
+                    'into --out.')
+  flags.DEFINE_string('out', 'benchmark_suite', 'Directory for --suite\'s '
+                      'files (it must not hold a suite yet).')
+  flags.DEFINE_float('budget_s', SUITE_BUDGET_S, 'Seconds --suite may take; '
+                     'what would start later is listed as skipped.')
   flags.DEFINE_enum(
       'part', 'train', ['train', 'input'],
       'train: the jitted train step; input: the training augmentation alone.')

@@ -100,7 +100,8 @@ def record(config: ml_collections.ConfigDict, extra: dict) -> dict:
   ``extra`` (plain numbers)."""
   pixels = {k: config.input[k] for k in ADDED_INPUT_FIELDS}
   return {'model': config.model.to_dict(), 'dataset': config.input.dataset,
-          'pixels': _as_json(pixels), **extra}
+          'pixels': _as_json(pixels),
+          'loss_scale': config.get('loss_scale', 'none'), **extra}
 
 
 def check_compatible(manager: ocp.CheckpointManager,
@@ -128,6 +129,11 @@ def check_compatible(manager: ocp.CheckpointManager,
   if saved['dataset'] != want['dataset']:
     diffs.append(f'input.dataset: checkpoint {saved["dataset"]!r}, config '
                  f'{want["dataset"]!r}')
+  # A loss scale is part of the state: a run keeps the one it began with.
+  if saved.get('loss_scale', 'none') != want['loss_scale']:
+    diffs.append(f'loss_scale: checkpoint '
+                 f'{saved.get("loss_scale", "none")!r}, config '
+                 f'{want["loss_scale"]!r}')
   saved_pixels = saved.get('pixels', _as_json(ADDED_INPUT_FIELDS))
   diffs += [f'input.{k}: checkpoint {saved_pixels[k]!r}, config {v!r}'
             for k, v in want['pixels'].items() if saved_pixels[k] != v]

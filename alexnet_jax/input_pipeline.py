@@ -355,7 +355,8 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
                  pixels: Pixels = PAPER_PIXELS, seed: int = 0,
                  epoch: int = 0, skip_batches: int = 0,
                  shuffle_buffer: int = 16_384, process_index: int = 0,
-                 process_count: int = 1) -> tf.data.Dataset:
+                 process_count: int = 1, dtype: str = 'float32'
+                 ) -> tf.data.Dataset:
   """This process's batches of ``split``, preprocessed as in the paper.
 
   Each process reads only its own part of the split and yields its
@@ -365,7 +366,7 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
   * train: epoch ``epoch``: the part in an order shuffled for
     ``(seed, epoch)``, random crops, from batch ``skip_batches`` on (a
     resumed run skips what it has trained on without decoding it); dicts of
-    ``image`` ``[b, crop, crop, 3]`` float32 and ``label`` ``[b]`` int32.
+    ``image`` ``[b, crop, crop, 3]`` and ``label`` ``[b]`` int32.
     The stream goes on into further reshuffled passes, so that skipped
     undecodable images never leave an epoch short: take
     ``steps_per_epoch(...) - skip_batches`` batches.
@@ -376,6 +377,10 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
   Undecodable images: training skips them (a warning in the log);
   evaluation stops with TensorFlow's decoding error, since skipping would
   silently change the evaluation set.
+
+  Images are computed in float32 and cross to the devices in ``dtype``
+  (the model's compute dtype: a bfloat16 or float16 net gets half the
+  bytes).
 
   Deterministic for ``(seed, epoch)``.
   """
@@ -390,19 +395,20 @@ def create_split(builder: tfds.core.DatasetBuilder, split: str, *,
     ds = augmented_examples(ds, _seed(seed, epoch, process_index),
                             first=skip_batches * local_batch,
                             crop_size=crop_size, resize=resize, crop=crop,
-                            pca_stddev=pca_stddev, pixels=pixels)
+                            pca_stddev=pca_stddev, pixels=pixels,
+                            dtype=dtype)
     ds = ds.batch(local_batch, drop_remainder=True)
   else:
     ds = ds.map(lambda ex: {
-        'image': preprocess_eval(ex['image'], crop_size=crop_size,
-                                 resize=resize, ten_crop=ten_crop,
-                                 pixels=pixels),
+        'image': tf.cast(preprocess_eval(ex['image'], crop_size=crop_size,
+                                         resize=resize, ten_crop=ten_crop,
+                                         pixels=pixels), dtype),
         'label': tf.cast(ex['label'], tf.int32), 'mask': True},
                 num_parallel_calls=tf.data.AUTOTUNE)
     padding = _eval_padding(builder, split, local_batch, process_count,
                             process_index)
     blank = tf.data.Dataset.from_tensors(
-        {'image': tf.zeros(ds.element_spec['image'].shape),
+        {'image': tf.zeros(ds.element_spec['image'].shape, dtype),
          'label': 0, 'mask': False})
     ds = ds.concatenate(blank.repeat(padding)).batch(local_batch)
   return ds.prefetch(tf.data.AUTOTUNE)
@@ -416,9 +422,10 @@ def _seed(*keys: int) -> int:
 def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
                        first: int = 0, crop_size: int, resize: int = RESIZE,
                        crop: str = 'paper', pca_stddev: float = PCA_STDDEV,
-                       pixels: Pixels = PAPER_PIXELS) -> tf.data.Dataset:
+                       pixels: Pixels = PAPER_PIXELS, dtype: str = 'float32'
+                       ) -> tf.data.Dataset:
   """``preprocess_train`` over ``{'image': encoded, 'label': int}`` examples,
-  from example ``first`` on.
+  from example ``first`` on, images cast to ``dtype``.
 
   Example ``i`` of the stream draws from seed ``(stream_seed, i)``. An image
   that does not decode is skipped with a logged warning; the others keep
@@ -427,10 +434,10 @@ def augmented_examples(ds: tf.data.Dataset, stream_seed: int, *,
   stream = tf.constant(stream_seed, tf.int64)
   ds = ds.enumerate().skip(first).map(
       lambda i, ex: {
-          'image': preprocess_train(
+          'image': tf.cast(preprocess_train(
               ex['image'], tf.stack([stream, i]), crop_size=crop_size,
               resize=resize, crop=crop, pca_stddev=pca_stddev,
-              pixels=pixels),
+              pixels=pixels), dtype),
           'label': tf.cast(ex['label'], tf.int32)},
       num_parallel_calls=tf.data.AUTOTUNE)
   return ds.ignore_errors(log_warning=True)

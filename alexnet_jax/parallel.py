@@ -230,8 +230,9 @@ def make_train_step(mesh: Mesh, state: steps.TrainState):
   """
   specs = tower_specs(state, mesh)
   step = jax.shard_map(
-      functools.partial(steps.train_step, data_axis=DATA), mesh=mesh,
-      in_specs=(specs, P(DATA), P(DATA), P()), out_specs=(specs, P()))
+      functools.partial(steps.train_step, data_axis=DATA, model_axis=MODEL),
+      mesh=mesh, in_specs=(specs, P(DATA), P(DATA), P()),
+      out_specs=(specs, P()))
   return jax.jit(step, donate_argnums=0)
 
 

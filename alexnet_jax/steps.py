@@ -32,8 +32,7 @@ from flax import struct
 from flax.training import train_state
 
 from alexnet_jax import models
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+from alexnet_jax import precision
 
 
 def create_model(model_config: ml_collections.ConfigDict,
@@ -46,10 +45,7 @@ def create_model(model_config: ml_collections.ConfigDict,
                      f'one of {models.names()} (configs/imagenet.py: '
                      f'\'alexnet\', the paper\'s net).')
   model_class = models.get(fields.pop('name'))
-  dtype = fields.pop('dtype', 'float32')
-  if dtype not in DTYPES:
-    raise ValueError(f'Unknown model dtype {dtype!r}; use one of '
-                     f'{sorted(DTYPES)}.')
+  dtype = precision.compute_dtype(fields.pop('dtype', 'float32'))
   known = {f.name for f in dataclasses.fields(model_class)} - {
       'parent', 'name', 'dtype'}
   unknown = sorted(set(fields) - known)
@@ -57,13 +53,15 @@ def create_model(model_config: ml_collections.ConfigDict,
     raise ValueError(f'config.model has fields {unknown} that model '
                      f'{model_config.name!r} does not take; its fields are '
                      f'{sorted(known)}.')
-  return model_class(**fields, dtype=DTYPES[dtype])
+  return model_class(**fields, dtype=dtype)
 
 
 class TrainState(train_state.TrainState):
   """Flax's train state, plus the model (static), whose ``tower_axes`` the
-  device split reads."""
+  device split reads, and the dynamic loss scale of a float16 run
+  (``precision.DynamicLossScale``; None: no scaling)."""
   model: Any = struct.field(pytree_node=False, default=None)
+  loss_scale: Any = None
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -130,11 +128,14 @@ def create_train_state(config: ml_collections.ConfigDict,
                        model: models.Interface, rng: jax.Array,
                        learning_rate: float | optax.Schedule | None = None
                        ) -> TrainState:
-  """Parameters with the model's init and a fresh optimizer state."""
+  """Parameters with the model's init, a fresh optimizer state and the
+  config's loss scale."""
+  loss_scale = precision.create_loss_scale(config)  # its errors first
   params = jax.jit(functools.partial(init_params, model))(rng)
   return TrainState.create(
       apply_fn=model.apply, params=params,
-      tx=create_optimizer(config, learning_rate), model=model)
+      tx=create_optimizer(config, learning_rate), model=model,
+      loss_scale=loss_scale)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -144,14 +145,19 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def train_step(state: TrainState, images: jax.Array,
                labels: jax.Array, rng: jax.Array, *,
-               data_axis: str | None = None
+               data_axis: str | None = None, model_axis: str | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a batch; ``rng`` drives dropout.
 
   Inside ``shard_map`` with the batch split over ``data_axis``, the loss and
   metrics are means over the whole global batch and each data shard draws
-  its own dropout masks.
+  its own dropout masks. With a loss scale (``state.loss_scale``) the
+  gradients are of the scaled loss, divided back; a step whose gradients
+  overflowed on any device of ``model_axis`` leaves the parameters and
+  momentum as they were (the step count still advances: the batch is
+  spent) and halves the scale.
   """
+  scale = state.loss_scale
   if data_axis is not None:
     rng = jax.random.fold_in(rng, lax.axis_index(data_axis))
 
@@ -164,11 +170,21 @@ def train_step(state: TrainState, images: jax.Array,
     # The gradient of the global mean w.r.t. parameters that every data shard
     # holds whole is summed over the shards by JAX: the data-parallel
     # all-reduce.
-    return global_mean(cross_entropy_loss(logits, labels)), logits
+    loss = global_mean(cross_entropy_loss(logits, labels))
+    return (loss if scale is None else loss * scale.scale), (loss, logits)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (_, (loss, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  state = state.apply_gradients(grads=grads)
+  if scale is None:
+    state = state.apply_gradients(grads=grads)
+  else:
+    grads = jax.tree.map(lambda g: g / scale.scale, grads)
+    finite = precision.all_finite(grads, (model_axis,) if model_axis else ())
+    new = state.apply_gradients(grads=grads)
+    state = new.replace(
+        params=precision.select(finite, new.params, state.params),
+        opt_state=precision.select(finite, new.opt_state, state.opt_state),
+        loss_scale=scale.adjust(finite))
   accuracy = global_mean(jnp.mean(jnp.argmax(logits, -1) == labels))
   return state, {'loss': loss, 'top1_error': 1.0 - accuracy}
 

@@ -36,7 +36,6 @@ from clu import metric_writers
 from clu import periodic_actions
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax.training import train_state
@@ -47,6 +46,7 @@ from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import precision
 from alexnet_jax import prepared
 from alexnet_jax import schedules
 from alexnet_jax import steps
@@ -79,6 +79,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Clear errors for settings that cannot work (the model's own fields are
   checked by the model itself)."""
   steps.create_model(config.model)
+  precision.check(config)
   if config.input.dataset not in input_pipeline.DATASETS:
     raise ValueError(f'Unknown dataset {config.input.dataset!r}; use one of '
                      f'{input_pipeline.DATASETS}.')
@@ -196,7 +197,7 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
   """``(step, images, labels)`` from ``start_step`` to ``total_steps``, as
   global arrays on the mesh; each epoch is its own reshuffled pass. From
   the store, uint8 patches cross to the devices and ``augment`` finishes
-  them there."""
+  them there; from tfds, images cross in the model's compute dtype."""
   step = start_step
   while step < total_steps:
     epoch, skip = divmod(step, steps_per_epoch)
@@ -217,7 +218,7 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
           data, config.input.train_split, train=True,
           resize=config.input.resize, crop=config.input.crop,
           shuffle_buffer=config.input.shuffle_buffer, pixels=pixels,
-          **common).take(count).as_numpy_iterator()
+          dtype=config.model.dtype, **common).take(count).as_numpy_iterator()
       keys = ('image', 'label')
     for images, labels, *draws in parallel.prefetch_to_mesh(mesh, batches,
                                                             keys):
@@ -246,7 +247,7 @@ def evaluate(eval_step, state: train_state.TrainState, mesh, data,
     batches = input_pipeline.create_split(
         data, config.input.eval_split, train=False,
         resize=config.input.resize, pixels=pixels,
-        **common).as_numpy_iterator()
+        dtype=config.model.dtype, **common).as_numpy_iterator()
   totals = {}
   for images, labels, mask in parallel.prefetch_to_mesh(
       mesh, batches, ('image', 'label', 'mask')):
@@ -299,12 +300,6 @@ def _preemption():
     signal.signal(signal.SIGTERM, previous)
 
 
-@jax.jit
-def _all_finite(params) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
-                            for p in jax.tree.leaves(params)]))
-
-
 def _check_finite(values: dict[str, float], step: int, manager) -> None:
   bad = {k: v for k, v in values.items() if not math.isfinite(v)}
   if bad:
@@ -317,7 +312,7 @@ def _check_finite(values: dict[str, float], step: int, manager) -> None:
 def _save(manager, state, config, **extra) -> None:
   """A checkpoint, unless a parameter is not finite (a NaN there would
   only show in the next step's loss)."""
-  finite = bool(_host(_all_finite(state.params)))
+  finite = bool(_host(jax.jit(precision.all_finite)(state.params)))
   _check_finite({'parameters': 0.0 if finite else math.nan},
                 int(state.step), manager)
   checkpoint.save(manager, state, config, extra)

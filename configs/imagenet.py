@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
       relu_bias_init=1.0,  # section 5: conv2, conv4, conv5, fc6, fc7
       # Caffe's BVLC net: True (docs/other_alexnets.md).
       lrn_across_towers=False,
-      dtype='float32',  # or 'bfloat16': bfloat16 compute, float32 params
+      # Compute dtype: 'float32', 'bfloat16' or 'float16' (float32 params;
+      # float16 needs loss_scale='dynamic'; alexnet_jax/precision.py).
+      dtype='float32',
       # How conv1, conv2-5, pooling and LRN are lowered: the same math,
       # 'auto' picks by backend (models/alexnet.py, IMPLEMENTATIONS).
       conv1_impl='auto',
@@ -87,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.weight_decay = 5e-4
   config.weight_decay_biases = False
+  # 'dynamic': scale the loss (x2^15 to start, halved on overflow), needed
+  # for model.dtype='float16'; 'none': the paper's plain float32 gradients.
+  config.loss_scale = 'none'
   config.num_epochs = 90
   config.num_train_steps = -1  # > 0 overrides num_epochs
 

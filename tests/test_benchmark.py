@@ -1,5 +1,6 @@
 """The benchmark command: one JSON line with the documented fields."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 from alexnet_jax import benchmark
 from configs import alexnet_owt
 from configs import imagenet
+from conftest import on_tiny_dataset
 from conftest import small_config
 
 FIELDS = {'images_per_sec', 'step_ms', 'compile_s', 'batch_size',
@@ -170,3 +172,68 @@ def test_compare_against_pytorch_reports_both_ratios():
 def test_compare_needs_the_paper_net():
   with pytest.raises(ValueError, match='paper net.*width=1.0'):
     benchmark.compare(smallest_config(), steps=1, warmup=0)
+
+
+def test_one_at_a_time_variants_change_one_field_from_auto():
+  config = smallest_config()
+  variants = benchmark.one_at_a_time_variants(config)
+  auto = benchmark._model(config).implementations()
+  assert variants[0] == {}
+  # Every choice auto does not take, once, alone: 1 + 2 + 2 + 1 + 1.
+  assert len(variants) == 7
+  for variant in variants[1:]:
+    (name, value), = variant.items()
+    assert value != auto[name]
+  config.model.conv1_impl = 'grouped'  # set in the config: stays fixed
+  assert all('conv1_impl' not in v
+             for v in benchmark.one_at_a_time_variants(config))
+
+
+def test_suite_runs_its_plan_and_writes_json_and_markdown(tiny_data_dir,
+                                                          tmp_path):
+  """A tiny plan on CPU: the auto variant in bfloat16, the split over two of
+  conftest's four devices, one epoch of a small config on the tiny set;
+  then the sweep's other variants, here cut by the budget."""
+  plan = benchmark.SuitePlan('test', (2,), ('bfloat16',), steps=1, warmup=0,
+                             epochs=1)
+  epochs_config = on_tiny_dataset(small_config(batch_size=20, width=0.0625,
+                                               image_size=64), tiny_data_dir)
+  epochs_config.input.resize = 73
+  reported = []
+  times = iter([0.0] + [0.0] * 3 + [100.0] * 7)  # the budget ends after 3
+  results = benchmark.suite(smallest_config(), epochs_config, plan,
+                            str(tmp_path), budget_s=50,
+                            report=reported.append, clock=lambda: next(times))
+  assert [r['dtype'] for r in results['sweep']] == ['bfloat16']
+  assert results['sweep'][0]['auto'] and results['sweep'][0]['mesh'] == {
+      'data': 1, 'model': 1}
+  assert results['split'][0]['mesh'] == {'data': 1, 'model': 2}
+  epochs = results['default_config']
+  assert epochs['epochs'] == 1 and epochs['steps'] == 10  # 200 / 20
+  assert 0 <= epochs['top1_error'] <= 1
+  assert len(results['skipped']) == 6 and all(
+      s.startswith('sweep batch 2 bfloat16 {') for s in results['skipped'])
+  assert reported == results['sweep'] + results['split'] + [epochs]
+  written = json.loads((tmp_path / 'suite.json').read_text())
+  assert written['sweep'] == results['sweep']
+  markdown = (tmp_path / 'suite.md').read_text()
+  assert benchmark.fastest_table(results['sweep']) in markdown
+  assert 'Not run (budget spent): sweep batch 2' in markdown
+  with pytest.raises(ValueError, match='suite.json.*another --out'):
+    benchmark.suite(smallest_config(), epochs_config, plan, str(tmp_path))
+
+
+def test_suite_command_on_a_cpu_says_so(tmp_path):
+  """No accelerator: it names the CPU plan, and with no budget left writes
+  the files with everything listed as not run."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.benchmark', '--suite',
+       '--config=configs/imagenet.py', f'--out={tmp_path}', '--budget_s=0'],
+      capture_output=True, text=True, check=True, timeout=300)
+  assert "No GPU or TPU here (JAX backend 'cpu'): running the CPU plan" in (
+      out.stderr)
+  written = json.loads((tmp_path / 'suite.json').read_text())
+  assert written['plan'] == json.loads(json.dumps(dataclasses.asdict(
+      benchmark.CPU_PLAN)))
+  assert written['sweep'] == [] and 'default_config epochs' in (
+      written['skipped'])

@@ -163,6 +163,20 @@ def test_paper_net_matches_grouped_reference():
       rtol=1e-4, atol=1e-5)
 
 
+def test_flat_draws_are_flax_and_jax_draws_bit_for_bit():
+  # Kernels and biases of both models' ranks (shapes that compile fast the
+  # direct way: the point of the flat draw is the slow ones).
+  key = jax.random.key(5)
+  uniform = lambda k, s, d: jax.random.uniform(k, s, d, -0.3, 0.3)
+  for shape in [(2, 11, 11, 3, 48), (3, 3, 64, 192), (2, 2048, 1000), (7,)]:
+    np.testing.assert_array_equal(
+        models.normal_init(0.01)(key, shape),
+        nn.initializers.normal(0.01)(key, shape), err_msg=str(shape))
+    np.testing.assert_array_equal(models.drawn_flat(uniform)(key, shape),
+                                  uniform(key, shape, jnp.float32),
+                                  err_msg=str(shape))
+
+
 def test_paper_init():
   params = init(alexnet.AlexNet(), seed=3)
   for layer, p in params.items():

@@ -115,8 +115,8 @@ def test_create_model_reads_the_config():
 
 
 def test_unknown_dtype_is_refused():
-  with pytest.raises(ValueError, match="'float16'.*bfloat16.*float32"):
-    steps.create_model(small_config(dtype='float16').model)
+  with pytest.raises(ValueError, match="'float64'.*bfloat16.*float16.*float32"):
+    steps.create_model(small_config(dtype='float64').model)
 
 
 @pytest.mark.parametrize('rate', [0.05, optax.cosine_decay_schedule(0.05, 10)])

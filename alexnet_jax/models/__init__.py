@@ -35,6 +35,7 @@ The interface (:class:`Interface`):
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from typing import Any, ClassVar, Protocol
 
@@ -94,6 +95,25 @@ def check_common_fields(model, reference: str) -> None:
   if not model.width > 0:
     raise ValueError(f'width must be > 0 (1.0 is {reference}); got '
                      f'{model.width!r}.')
+
+
+def drawn_flat(draw):
+  """An initializer ``init(key, shape, dtype)`` that draws
+  ``draw(key, (size,), dtype)`` and reshapes it to ``shape``: the same
+  values, bit for bit, as drawing ``shape`` directly (JAX's threefry
+  counts the elements in row-major order), but XLA:CPU compiles a flat
+  draw at once, where some 5-D kernel shapes took it seconds each
+  (measured: conv3's (2, 3, 3, 16, 12) 5.7 s, its flat draw 0.2 s)."""
+  def init(key, shape, dtype=jnp.float32):
+    return draw(key, (math.prod(shape),), dtype).reshape(shape)
+  return init
+
+
+def normal_init(stddev: float):
+  """Weights N(0, stddev^2): ``flax.linen.initializers.normal``'s values
+  (``drawn_flat``)."""
+  return drawn_flat(lambda key, shape, dtype: jax.random.normal(
+      key, shape, dtype) * stddev)
 
 
 def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:

@@ -204,7 +204,7 @@ class TowerConv(nn.Module):
   def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
     k, towers = self.kernel_size, len(xs)
     shape = (towers, k, k, xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', nn.initializers.normal(self.init_stddev),
+    kernel = self.param('kernel', models.normal_init(self.init_stddev),
                         shape)
     kernel = kernel.astype(self.dtype)
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
@@ -244,7 +244,7 @@ class TowerDense(nn.Module):
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
     shape = (len(xs), xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', nn.initializers.normal(self.init_stddev),
+    kernel = self.param('kernel', models.normal_init(self.init_stddev),
                         shape)
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
                       (len(xs), self.features))
@@ -266,7 +266,7 @@ class BlockSumDense(nn.Module):
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
     shape = (len(xs), xs[0].shape[-1], self.features)
-    kernel = self.param('kernel', nn.initializers.normal(self.init_stddev),
+    kernel = self.param('kernel', models.normal_init(self.init_stddev),
                         shape)
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]

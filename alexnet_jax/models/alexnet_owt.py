@@ -39,8 +39,8 @@ def _torch_default_init(fan_in: int):
   """PyTorch's default for conv and linear layers, weights and biases
   alike: uniform in +-1/sqrt(fan_in) (its kaiming_uniform with a=sqrt(5))."""
   bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
+  return models.drawn_flat(lambda key, shape, dtype: jax.random.uniform(
+      key, shape, dtype, -bound, bound))
 
 
 def adaptive_average_matrix(size_in: int, size_out: int) -> np.ndarray:
