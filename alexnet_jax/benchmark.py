@@ -322,7 +322,7 @@ ACCELERATOR_PLAN = SuitePlan('accelerator', (128, 256, 512, 1024),
 # The CPU has no fast bfloat16 (XLA:CPU computes it through float32): the
 # CPU plan is the CPU target's shape, float32 at batch 32.
 CPU_PLAN = SuitePlan('cpu', (32,), ('float32',), steps=4, warmup=1)
-SUITE_BUDGET_S = 480  # 8 minutes, from start to the written files
+SUITE_BUDGET_S = 480  # 8 minutes: no task starts that would end later
 
 
 def suite_plan(backend: str) -> SuitePlan:
@@ -332,18 +332,21 @@ def suite_plan(backend: str) -> SuitePlan:
 def suite(config, default_config, plan: SuitePlan, out_dir: str,
           budget_s: float = SUITE_BUDGET_S, report=print,
           clock=time.monotonic) -> dict:
-  """Runs ``plan`` within ``budget_s`` seconds and writes ``suite.json``
-  and ``suite.md`` into ``out_dir``; returns what it wrote.
+  """Runs ``plan`` within ``budget_s`` seconds, writing ``suite.json`` and
+  ``suite.md`` into ``out_dir`` after every task (a crash or a kill keeps
+  what was measured); returns the results.
 
   Most telling first: the auto variant at every size and dtype, then the
-  split, then the default config's epochs, then the rest of the sweep.
-  Whatever would start after the budget is spent is listed under
-  ``skipped``, not run. ``report`` gets each result as it is measured;
-  ``clock`` tells the seconds.
+  split, then the default config's epochs, then the rest of the sweep. A
+  task is not started when the last one of its kind, taking as long again,
+  would end past the budget; it is listed under ``skipped``. A task that
+  fails (e.g. out of memory at the largest batch) is listed under
+  ``errors`` and the suite goes on. ``report`` gets each result as it is
+  measured; ``clock`` tells the seconds.
 
   Raises:
-    ValueError: ``out_dir`` already holds a suite's files (checked before
-      anything runs), or the plan's counts are bad.
+    ValueError: ``out_dir`` already holds a suite's files, or cannot be
+      written, or the plan's counts are bad (all before anything runs).
   """
   paths = {ext: os.path.join(out_dir, f'suite.{ext}') for ext in ('json',
                                                                   'md')}
@@ -365,30 +368,48 @@ def suite(config, default_config, plan: SuitePlan, out_dir: str,
             for v in one_at_a_time_variants(config)[1:]]
   results = {'plan': dataclasses.asdict(plan), 'backend':
              jax.default_backend(), 'device_kind': devices[0].device_kind,
-             'devices': len(devices), 'budget_s': budget_s, 'sweep': [],
-             'split': [], 'default_config': None, 'skipped': []}
+             'devices': len(devices), 'budget_s': budget_s, 'seconds': 0.0,
+             'sweep': [], 'split': [], 'default_config': None,
+             'skipped': [], 'errors': []}
+  _write_suite(paths, results)  # an unwritable --out fails here, not later
+  last_s = {}  # how long the last task of each kind took
   for task in tasks:
-    if clock() - start >= budget_s:
+    began = clock()
+    if began - start + last_s.get(task[0], 0.0) > budget_s:
       results['skipped'].append(_describe(task))
       continue
-    if task[0] == 'default_config':
-      results['default_config'] = _epochs(default_config, plan.epochs)
-      report(results['default_config'])
-      continue
-    kind, batch, dtype, variant = task
-    sized = _with(config, batch_size=batch, model_dtype=dtype,
-                  model_axis_size=2 if kind == 'split' else 1)
-    result = _timed(sized, plan.steps, plan.warmup, variant,
-                    devices[:2] if kind == 'split' else devices[:1])
-    results[kind].append(result)
-    report(result)
-  results['seconds'] = round(clock() - start, 1)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(paths['json'], 'w') as f:
-    json.dump(results, f, indent=2)
-  with open(paths['md'], 'w') as f:
-    f.write(suite_markdown(results))
+    try:
+      if task[0] == 'default_config':
+        result = results['default_config'] = _epochs(default_config,
+                                                     plan.epochs)
+      else:
+        kind, batch, dtype, variant = task
+        sized = _with(config, batch_size=batch, model_dtype=dtype,
+                      model_axis_size=2 if kind == 'split' else 1)
+        result = _timed(sized, plan.steps, plan.warmup, variant,
+                        devices[:2] if kind == 'split' else devices[:1])
+        results[kind].append(result)
+      report(result)
+    except Exception as e:  # pylint: disable=broad-except
+      # One shape that does not fit (memory, a mesh) must not cost the rest.
+      results['errors'].append(f'{_describe(task)}: {type(e).__name__}: '
+                               f'{str(e)[:300]}')
+      report({'error': results['errors'][-1]})
+    last_s[task[0]] = clock() - began
+    results['seconds'] = round(clock() - start, 1)
+    _write_suite(paths, results)
+  _write_suite(paths, results)  # with the skipped tasks
   return results
+
+
+def _write_suite(paths: dict, results: dict) -> None:
+  """Both files, each replaced whole (never left half-written)."""
+  os.makedirs(os.path.dirname(paths['json']) or '.', exist_ok=True)
+  for ext, text in (('json', json.dumps(results, indent=2)),
+                    ('md', suite_markdown(results))):
+    with open(paths[ext] + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(paths[ext] + '.tmp', paths[ext])
 
 
 def _describe(task) -> str:
@@ -399,10 +420,12 @@ def _describe(task) -> str:
 
 
 def _epochs(config, epochs: int) -> dict:
-  """``epochs`` epochs of ``config`` in a fresh temporary workdir (its
-  dataset made first if it is not there yet, outside the time): wall-clock
-  seconds from the empty workdir (compiles, evaluations and checkpoints
-  included) and the last validation error."""
+  """``epochs`` epochs of ``config`` in a fresh temporary workdir, with the
+  per-epoch centre-crop evaluation but not the final ten-crop one: the
+  wall-clock seconds from the empty workdir (compiles, evaluations and
+  checkpoints included; the dataset is made first if missing, which the
+  suite's budget counts but these seconds do not) and the last validation
+  error."""
   config = _with(config, num_epochs=epochs, num_train_steps=-1)
   config.input.ten_crop_eval = False
   train.load_dataset(config)  # the synthetic set is generated on first use
@@ -445,8 +468,10 @@ def suite_markdown(results: dict) -> str:
               f'images/s overall), validation top-1 error '
               f'{epochs["top1_error"]:.2%}.', '']
   if results['skipped']:
-    lines += ['Not run (budget spent): ' + '; '.join(results['skipped'])
+    lines += ['Not run (no budget left): ' + '; '.join(results['skipped'])
               + '.', '']
+  if results['errors']:
+    lines += ['Failed: ' + '; '.join(results['errors']), '']
   return '\n'.join(lines)
 
 
@@ -542,9 +567,9 @@ def benchmark_input(config, steps: int, warmup: int) -> dict:
   """Times the training input from ImageNet-sized JPEGs made here to
   batches on the devices (``global_batch``, the transfer included), on all
   cores: ``input.source='tfds'`` runs the paper's augmentation per original
-  image (batches in the model's dtype); ``'prepared'`` first makes a store of them in a
-  temporary directory (in ``input.store_format``), then reads uint8 patches
-  from it."""
+  image (batches in the model's dtype); ``'prepared'`` first makes a store
+  of them in a temporary directory (in ``input.store_format``), then reads
+  uint8 patches from it."""
   _check_counts(steps, warmup)
   rng = np.random.default_rng(config.seed)
   jpegs = [synthetic_shapes.encode_jpeg(synthetic_shapes.background(
@@ -626,7 +651,18 @@ def _store_batches(config, store: prepared.Store):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  modes = [name for name, on in (('--sweep', FLAGS.sweep),
+                                 ('--compare', FLAGS.compare),
+                                 ('--suite', FLAGS.suite),
+                                 ('--part=input', FLAGS.part == 'input'))
+           if on]
+  if len(modes) > 1:
+    raise app.UsageError(f'{" and ".join(modes)} are separate modes; pick '
+                         f'one.')
   if FLAGS.suite:
+    if not FLAGS.out:
+      raise app.UsageError('--suite needs --out=DIR, the new directory for '
+                           'suite.json and suite.md.')
     # The default config's two CPU devices (on a CPU); before JAX starts.
     parallel.split_cpu(default.get_config())
   if FLAGS.part == 'input':
@@ -681,12 +717,12 @@ if __name__ == '__main__':
                     'Measure this machine: the sweep at several batch sizes '
                     'and dtypes, the split, two epochs of configs/default.py '
                     '(the accelerator plan on a GPU or TPU, else the CPU '
-                    'plan), within --budget_s; writes suite.json and suite.md '
-                    'into --out.')
-  flags.DEFINE_string('out', 'benchmark_suite', 'Directory for --suite\'s '
-                      'files (it must not hold a suite yet).')
+                    'plan; it sets its own steps and batch sizes), within '
+                    '--budget_s; writes suite.json and suite.md into --out.')
+  flags.DEFINE_string('out', '', 'Directory for --suite\'s files (it '
+                      'must not hold a suite yet).')
   flags.DEFINE_float('budget_s', SUITE_BUDGET_S, 'Seconds --suite may take; '
-                     'what would start later is listed as skipped.')
+                     'what would end later is listed as skipped.')
   flags.DEFINE_enum(
       'part', 'train', ['train', 'input'],
       'train: the jitted train step; input: the training augmentation alone.')

@@ -1,8 +1,9 @@
 """Checkpoints of a training run (orbax), in ``<workdir>/checkpoints``.
 
-A checkpoint holds the train state (step, parameters and momentum, each
-device writing its own shards) and a JSON record: the plateau rule's state
-(see ``schedules.Plateau``) and the model and dataset it was trained with.
+A checkpoint holds the train state (step, parameters and momentum, and a
+float16 run's loss scale; each device writing its own shards) and a JSON
+record: the plateau rule's state (see ``schedules.Plateau``) and the
+model, dataset and loss scaling it was trained with.
 The step is also the data position and the dropout key (the training loop
 derives both from it), so a resumed run continues exactly.
 
@@ -96,8 +97,8 @@ def _as_json(value):
 
 def record(config: ml_collections.ConfigDict, extra: dict) -> dict:
   """What a checkpoint records besides the state: the model, the dataset,
-  the pixel convention the net was trained on, and the training loop's
-  ``extra`` (plain numbers)."""
+  the pixel convention the net was trained on, the loss scaling, and the
+  training loop's ``extra`` (plain numbers)."""
   pixels = {k: config.input[k] for k in ADDED_INPUT_FIELDS}
   return {'model': config.model.to_dict(), 'dataset': config.input.dataset,
           'pixels': _as_json(pixels),
@@ -107,9 +108,9 @@ def record(config: ml_collections.ConfigDict, extra: dict) -> dict:
 def check_compatible(manager: ocp.CheckpointManager,
                      config: ml_collections.ConfigDict) -> None:
   """Raises ValueError if the newest readable checkpoint is of another
-  model, dataset or pixel convention than ``config`` (a run continues only
-  with what it started with; a record from before a field existed is read
-  with the value runs had then)."""
+  model, dataset, pixel convention or loss scaling than ``config`` (a run
+  continues only with what it started with; a record from before a field
+  existed is read with the value runs had then)."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       saved = restore_record(manager, step)
@@ -149,13 +150,25 @@ def restore_record(manager: ocp.CheckpointManager, step: int) -> dict:
       record=ocp.args.JsonRestore()))['record']
 
 
+def _saved(state: train_state.TrainState) -> dict:
+  """What a checkpoint holds of ``state``: step, parameters, optimizer
+  state, and the loss scale only where the run has one, so that a run
+  without one keeps the layout checkpoints had before loss scales
+  existed (and those restore)."""
+  tree = {'step': state.step, 'params': state.params,
+          'opt_state': state.opt_state}
+  if getattr(state, 'loss_scale', None) is not None:
+    tree['loss_scale'] = state.loss_scale
+  return tree
+
+
 def save(manager: ocp.CheckpointManager, state: train_state.TrainState,
          config: ml_collections.ConfigDict, extra: dict) -> None:
   """Saves at ``state.step`` (in the background; ``manager.close()`` waits
   for it)."""
   manager.save(
       int(state.step), force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
+          state=ocp.args.StandardSave(_saved(state)),
           record=ocp.args.JsonSave(record(config, extra))))
 
 
@@ -180,7 +193,7 @@ def restore(manager: ocp.CheckpointManager, state: train_state.TrainState,
   for step in steps:
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(state),
+          state=ocp.args.StandardRestore(_saved(state)),
           record=ocp.args.JsonRestore()))
     except (ValueError, OSError) as e:
       if not _is_damage(e):
@@ -193,7 +206,7 @@ def restore(manager: ocp.CheckpointManager, state: train_state.TrainState,
     if move_damaged:
       for bad in damaged:
         _move_aside(manager, bad)
-    return restored['state'], restored['record']
+    return state.replace(**restored['state']), restored['record']
   raise ValueError(
       f'None of the checkpoints in {manager.directory} (steps {steps}) can be '
       f'restored (see the warnings above); nothing was moved. Put back good '

@@ -15,7 +15,8 @@ al., 2018, "Mixed precision training") multiplies the loss by a large
 gradients by it again; when a step's gradients overflow (some are inf or
 NaN) the step is skipped and the scale halved, and after ``growth_interval``
 good steps in a row it doubles. The rule and its defaults (2^15 to start,
-x2 after 2,000 finite steps, /2 on overflow) are those of
+x2 after 2,000 finite steps, /2 on overflow, within float32's range) are
+those of
 ``flax.training.dynamic_scale.DynamicScale``; this module has its own copy
 because flax's decides "finite" from the gradients one device holds, while
 with the paper's split a tower's gradients live on one device only, and
@@ -82,14 +83,17 @@ class DynamicLossScale(struct.PyTreeNode):
                finite_steps=jnp.zeros((), jnp.int32), **options)
 
   def adjust(self, finite: jax.Array) -> DynamicLossScale:
-    """The scale after a step whose gradients were ``finite`` (or not)."""
-    grow = self.finite_steps + 1 >= self.growth_interval
+    """The scale after a step whose gradients were ``finite`` (or not): as
+    flax's, it grows on a finite step after ``growth_interval`` finite
+    steps in a row, and stays between float32's smallest normal and its
+    largest (0 or inf would never move again)."""
+    limits = jnp.finfo(jnp.float32)
+    grow = self.finite_steps == self.growth_interval
     scale = jnp.where(
         finite,
-        jnp.where(grow, self.scale * self.growth_factor, self.scale),
-        # Never below float32's smallest normal: 0 would stay 0.
-        jnp.maximum(self.scale * self.backoff_factor,
-                    jnp.finfo(jnp.float32).tiny))
+        jnp.where(grow, jnp.minimum(self.scale * self.growth_factor,
+                                    limits.max), self.scale),
+        jnp.maximum(self.scale * self.backoff_factor, limits.tiny))
     finite_steps = jnp.where(finite & ~grow, self.finite_steps + 1, 0)
     return self.replace(scale=scale, finite_steps=finite_steps)
 

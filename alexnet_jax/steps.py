@@ -154,8 +154,9 @@ def train_step(state: TrainState, images: jax.Array,
   its own dropout masks. With a loss scale (``state.loss_scale``) the
   gradients are of the scaled loss, divided back; a step whose gradients
   overflowed on any device of ``model_axis`` leaves the parameters and
-  momentum as they were (the step count still advances: the batch is
-  spent) and halves the scale.
+  the optimizer state as they were (so a learning-rate schedule counts
+  applied updates; the step count still advances: the batch is spent)
+  and halves the scale.
   """
   scale = state.loss_scale
   if data_axis is not None:

@@ -1,6 +1,7 @@
 """The benchmark command: one JSON line with the documented fields."""
 
 import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -200,9 +201,12 @@ def test_suite_runs_its_plan_and_writes_json_and_markdown(tiny_data_dir,
                                                image_size=64), tiny_data_dir)
   epochs_config.input.resize = 73
   reported = []
-  times = iter([0.0] + [0.0] * 3 + [100.0] * 7)  # the budget ends after 3
+  # Each task takes 10 s: at 30 s a fourth sweep task, as long as the
+  # first, would end at 40, past the budget of 35.
+  times = itertools.chain([0, 0, 10, 10, 20, 20, 30, 30],
+                          itertools.repeat(30))
   results = benchmark.suite(smallest_config(), epochs_config, plan,
-                            str(tmp_path), budget_s=50,
+                            str(tmp_path), budget_s=35,
                             report=reported.append, clock=lambda: next(times))
   assert [r['dtype'] for r in results['sweep']] == ['bfloat16']
   assert results['sweep'][0]['auto'] and results['sweep'][0]['mesh'] == {
@@ -218,18 +222,33 @@ def test_suite_runs_its_plan_and_writes_json_and_markdown(tiny_data_dir,
   assert written['sweep'] == results['sweep']
   markdown = (tmp_path / 'suite.md').read_text()
   assert benchmark.fastest_table(results['sweep']) in markdown
-  assert 'Not run (budget spent): sweep batch 2' in markdown
+  assert 'Not run (no budget left): sweep batch 2' in markdown
+  assert results['errors'] == [] and results['seconds'] == 30
   with pytest.raises(ValueError, match='suite.json.*another --out'):
     benchmark.suite(smallest_config(), epochs_config, plan, str(tmp_path))
+
+
+def test_suite_records_a_failing_task_and_goes_on(tiny_data_dir, tmp_path):
+  """The default config's epochs at a batch the four devices' mesh cannot
+  split: the error is listed and the files are written all the same."""
+  epochs_config = on_tiny_dataset(small_config(batch_size=3), tiny_data_dir)
+  plan = benchmark.SuitePlan('test', (2,), (), steps=1, warmup=0)
+  results = benchmark.suite(smallest_config(), epochs_config, plan,
+                            str(tmp_path), report=lambda r: None)
+  (error,) = results['errors']
+  assert error.startswith('default_config epochs: ValueError: batch_size=3')
+  written = json.loads((tmp_path / 'suite.json').read_text())
+  assert written['errors'] == results['errors']
+  assert 'Failed: default_config epochs' in (tmp_path / 'suite.md').read_text()
 
 
 def test_suite_command_on_a_cpu_says_so(tmp_path):
   """No accelerator: it names the CPU plan, and with no budget left writes
   the files with everything listed as not run."""
-  out = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark', '--suite',
-       '--config=configs/imagenet.py', f'--out={tmp_path}', '--budget_s=0'],
-      capture_output=True, text=True, check=True, timeout=300)
+  command = [sys.executable, '-m', 'alexnet_jax.benchmark', '--suite',
+             '--config=configs/imagenet.py', '--budget_s=0']
+  out = subprocess.run(command + [f'--out={tmp_path}'], capture_output=True,
+                       text=True, check=True, timeout=300)
   assert "No GPU or TPU here (JAX backend 'cpu'): running the CPU plan" in (
       out.stderr)
   written = json.loads((tmp_path / 'suite.json').read_text())
@@ -237,3 +256,8 @@ def test_suite_command_on_a_cpu_says_so(tmp_path):
       benchmark.CPU_PLAN)))
   assert written['sweep'] == [] and 'default_config epochs' in (
       written['skipped'])
+  for extra, message in [([], '--suite needs --out=DIR'),
+                         (['--out=x', '--sweep'], '--sweep and --suite')]:
+    bad = subprocess.run(command + extra, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and message in bad.stderr

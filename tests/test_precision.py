@@ -6,7 +6,9 @@ dtype."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -17,6 +19,7 @@ from alexnet_jax import precision
 from alexnet_jax import steps
 from alexnet_jax import train
 from conftest import on_tiny_dataset
+from conftest import scaled
 from conftest import small_config
 
 # Follows the float32 run: 300 steps of batch 20 (30 epochs of the tiny
@@ -28,10 +31,10 @@ FOLLOW_STEPS, FOLLOW_BATCH, FOLLOW_WINDOW, FOLLOW_SIZE = 300, 20, 50, 64
 # steps the windows of bfloat16 and float16 stay within 0.04 of float32's;
 # by step 300 within 0.22 and 0.11, about what separates two float32 runs
 # whose initial weights differ by one part in a million (0.21): training at
-# this rate is chaotic, so later windows get the spread any two runs have.
-# Each run falls by 0.4-0.6 nats.
+# this rate is chaotic, so later windows are held only to twice the spread
+# any two runs have. Each run falls by 0.4-0.6 nats.
 FOLLOW_EARLY_WINDOWS, FOLLOW_EARLY_TOLERANCE = 3, 0.1
-FOLLOW_TOLERANCE = 0.3
+FOLLOW_TOLERANCE = 0.4
 FOLLOW_MIN_FALL = 0.3
 
 
@@ -82,16 +85,19 @@ def test_bfloat16_and_float16_follow_the_float32_run(tiny_data_dir):
 def test_loss_scale_rule_by_hand():
   scale = precision.DynamicLossScale.create(8.0, growth_interval=3)
   history = []
-  for finite in [True, True, True, True, False, True, False]:
+  for finite in [True, True, True, True, True, False, True, False]:
     scale = scale.adjust(jnp.asarray(finite))
     history.append((float(scale.scale), int(scale.finite_steps)))
-  # Doubles on the 3rd finite step in a row (and the count restarts),
-  # halves on every overflow (and the count restarts).
-  assert history == [(8, 1), (8, 2), (16, 0), (16, 1), (8, 0), (8, 1),
-                     (4, 0)]
-  tiny = precision.DynamicLossScale.create(np.finfo(np.float32).tiny)
-  assert float(tiny.adjust(jnp.asarray(False)).scale) == np.finfo(
-      np.float32).tiny
+  # Doubles on a finite step after 3 finite steps in a row (flax's rule; the
+  # count restarts), halves on every overflow (the count restarts).
+  assert history == [(8, 1), (8, 2), (8, 3), (16, 0), (16, 1), (8, 0),
+                     (8, 1), (4, 0)]
+  # Within float32's normal range at both ends.
+  limits = np.finfo(np.float32)
+  low = precision.DynamicLossScale.create(limits.tiny)
+  assert float(low.adjust(jnp.asarray(False)).scale) == limits.tiny
+  high = precision.DynamicLossScale.create(limits.max, growth_interval=0)
+  assert float(high.adjust(jnp.asarray(True)).scale) == limits.max
 
 
 def _fp16_config():
@@ -153,7 +159,13 @@ def test_overflowing_step_is_skipped_and_the_scale_halved():
                state.opt_state)
 
 
-def test_split_step_skips_on_both_towers():
+def test_split_step_skips_on_both_towers(monkeypatch):
+  """Both towers skip, and the decision is taken over the model axis (each
+  tower's device holds only its own gradients)."""
+  axes = []
+  all_finite = precision.all_finite
+  monkeypatch.setattr(precision, 'all_finite', lambda tree, names: (
+      axes.append(names), all_finite(tree, names))[1])
   config = _fp16_config()
   config.model_axis_size = 2
   mesh = parallel.make_mesh(config, jax.devices()[:2])
@@ -165,6 +177,7 @@ def test_split_step_skips_on_both_towers():
       jax.tree.map(jnp.copy, state), images, labels, jax.random.key(2))
   assert float(after.loss_scale.scale) == 2.0 ** 39
   jax.tree.map(np.testing.assert_array_equal, after.params, state.params)
+  assert axes == [(parallel.MODEL,)]
 
 
 def test_all_finite_agrees_across_the_model_axis():
@@ -214,6 +227,30 @@ def test_checkpoint_records_the_loss_scale(tmp_path):
   restored, _ = checkpoint.restore(manager, state.replace(
       loss_scale=precision.DynamicLossScale.create(1.0)))
   assert float(restored.loss_scale.scale) == 2.0 ** 15
+
+
+def test_checkpoints_from_before_loss_scales_restore(tmp_path):
+  """A checkpoint written as they were before the loss scale existed (flax's
+  own train state, no such field) restores into today's float32 state; and
+  today's float32 checkpoints keep that layout."""
+  config = small_config(width=0.0625, image_size=64)
+  state = steps.create_train_state(config, steps.create_model(config.model),
+                                   jax.random.key(0))
+  old = train_state.TrainState.create(apply_fn=state.apply_fn,
+                                      params=scaled(state.params),
+                                      tx=state.tx).replace(step=7)
+  manager = checkpoint.create_manager(str(tmp_path), config)
+  manager.save(7, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(old),
+      record=ocp.args.JsonSave(checkpoint.record(config, {}))))
+  manager.wait_until_finished()
+  restored, _ = checkpoint.restore(manager, state)
+  assert int(restored.step) == 7 and restored.loss_scale is None
+  jax.tree.map(np.testing.assert_array_equal, restored.params, old.params)
+  checkpoint.save(manager, restored.replace(step=8), config, {})
+  manager.wait_until_finished()
+  assert set(manager.item_metadata(8)['state']) == {'step', 'params',
+                                                    'opt_state'}
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
