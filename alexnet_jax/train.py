@@ -300,6 +300,9 @@ def _preemption():
     signal.signal(signal.SIGTERM, previous)
 
 
+_all_finite = jax.jit(precision.all_finite)
+
+
 def _check_finite(values: dict[str, float], step: int, manager) -> None:
   bad = {k: v for k, v in values.items() if not math.isfinite(v)}
   if bad:
@@ -312,7 +315,7 @@ def _check_finite(values: dict[str, float], step: int, manager) -> None:
 def _save(manager, state, config, **extra) -> None:
   """A checkpoint, unless a parameter is not finite (a NaN there would
   only show in the next step's loss)."""
-  finite = bool(_host(jax.jit(precision.all_finite)(state.params)))
+  finite = bool(_host(_all_finite(state.params)))
   _check_finite({'parameters': 0.0 if finite else math.nan},
                 int(state.step), manager)
   checkpoint.save(manager, state, config, extra)
