@@ -242,13 +242,13 @@ def _timed(config, steps: int, warmup: int, variant: dict, devices=None
   return result
 
 
-def sweep(config, steps: int, warmup: int, batch_sizes, report=print,
-          variants=None) -> list[dict]:
-  """Times every variant (default: ``sweep_variants``) at each batch size,
-  one after another (one compiled net in memory at a time); ``report``
-  gets each variant's figures as soon as they are measured."""
+def sweep(config, steps: int, warmup: int, batch_sizes, report=print
+          ) -> list[dict]:
+  """Times every variant of ``sweep_variants`` at each batch size, one after
+  another (one compiled net in memory at a time); ``report`` gets each
+  variant's figures as soon as they are measured."""
   _check_counts(steps, warmup)
-  variants = sweep_variants(config) if variants is None else variants
+  variants = sweep_variants(config)
   for batch in batch_sizes:
     _check_batch(batch)
   results = []
@@ -449,7 +449,7 @@ def suite_markdown(results: dict) -> str:
   plan = results['plan']
   lines = [f'Suite ({plan["name"]} plan) on {results["devices"]} x '
            f'{results["device_kind"]} ({results["backend"]}), '
-           f'{results.get("seconds", "?")} s of a {results["budget_s"]} s '
+           f'{results["seconds"]} s of a {results["budget_s"]} s '
            f'budget; {plan["steps"]} timed steps after {plan["warmup"]}.', '']
   if results['sweep']:
     lines += ['One device, train step, images/s:', '',
