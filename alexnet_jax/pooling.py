@@ -9,6 +9,10 @@ held the maximum (one int8 per output); the backward pass sends each output's
 gradient to that position by padding each view's share back to the input
 grid. Both are plain elementwise XLA loops.
 
+The ``separable`` lowering does the same in two 1-D passes, along the rows
+and then down the columns (``2 * window`` views instead of ``window**2``,
+one int8 argmax per pass), each with the backward above.
+
 Ties go to the first maximum in row-major window order, which is what
 ``select_and_scatter`` (and so ``nn.max_pool``'s gradient) does. Padding is
 VALID, as in the paper (55 -> 27 -> 13 -> 6).
@@ -17,31 +21,39 @@ VALID, as in the paper (55 -> 27 -> 13 -> 6).
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 
-def _views(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
-  """The window**2 strided views of NHWC ``x``, one per window offset."""
-  n, h, w, c = x.shape
-  ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
-  return [
-      lax.slice(x, (0, di, dj, 0),
-                (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c),
-                (1, stride, stride, 1))
-      for di in range(window) for dj in range(window)
-  ]
+def _offsets(axes, window: int) -> list[tuple[int, ...]]:
+  """Every window offset over ``axes``, in row-major order."""
+  return list(itertools.product(range(window), repeat=len(axes)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x, window, stride):
-  return functools.reduce(jnp.maximum, _views(x, window, stride))
+def _views(x: jax.Array, axes, window: int, stride: int) -> list[jax.Array]:
+  """The strided views of ``x`` over the spatial ``axes``, one per window
+  offset (``window ** len(axes)`` of them)."""
+  views = []
+  for offset in _offsets(axes, window):
+    start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
+    for axis, d in zip(axes, offset):
+      out = (x.shape[axis] - window) // stride + 1
+      start[axis], limit[axis] = d, d + stride * (out - 1) + 1
+      strides[axis] = stride
+    views.append(lax.slice(x, start, limit, strides))
+  return views
 
 
-def _max_pool_fwd(x, window, stride):
-  views = _views(x, window, stride)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, axes, window, stride):
+  return functools.reduce(jnp.maximum, _views(x, axes, window, stride))
+
+
+def _max_pool_fwd(x, axes, window, stride):
+  views = _views(x, axes, window, stride)
   y = functools.reduce(jnp.maximum, views)
   # Index of the first view equal to the max (int8: windows up to 11x11).
   argmax = jnp.full(y.shape, len(views), jnp.int8)
@@ -50,26 +62,37 @@ def _max_pool_fwd(x, window, stride):
   return y, (argmax, x.shape)
 
 
-def _max_pool_bwd(window, stride, residuals, g):
-  argmax, (_, h, w, _) = residuals
-  ho, wo = g.shape[1:3]
+def _max_pool_bwd(axes, window, stride, residuals, g):
+  argmax, shape = residuals
   zero = jnp.zeros((), g.dtype)
   dx = None
-  for j in range(window * window):
-    di, dj = divmod(j, window)
-    share = jnp.where(argmax == j, g, zero)
-    # Interior padding stride-1 puts output (i, k) back at (di + s*i, dj + s*k).
-    placed = lax.pad(share, zero, [
-        (0, 0, 0),
-        (di, h - di - stride * (ho - 1) - 1, stride - 1),
-        (dj, w - dj - stride * (wo - 1) - 1, stride - 1),
-        (0, 0, 0),
-    ])
+  for j, offset in enumerate(_offsets(axes, window)):
+    config = [(0, 0, 0)] * g.ndim
+    for axis, d in zip(axes, offset):
+      # Interior padding stride-1 puts output i back at d + stride * i.
+      out = g.shape[axis]
+      config[axis] = (d, shape[axis] - d - stride * (out - 1) - 1, stride - 1)
+    placed = lax.pad(jnp.where(argmax == j, g, zero), zero, config)
     dx = placed if dx is None else dx + placed
   return (dx,)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _strided_views(x, window, stride):
+  return _max_pool(x, (1, 2), window, stride)
+
+
+def _separable(x, window, stride):
+  """Max over each row's window, then over those maxima down the columns.
+
+  The same maximum as the 2-D window, from ``2 * window`` views instead of
+  ``window**2``. Ties resolve as in row-major order: the columns pass keeps
+  the first maximal column of each row, the rows pass the first row holding
+  the maximum, so the gradient reaches the first maximum in row-major order.
+  """
+  return _max_pool(_max_pool(x, (2,), window, stride), (1,), window, stride)
 
 
 def _reduce_window(x, window, stride):
@@ -78,9 +101,10 @@ def _reduce_window(x, window, stride):
                            (1, stride, stride, 1), 'VALID')
 
 
-# ``impl`` of max_pool: the same values and gradients, two lowerings.
+# ``impl`` of max_pool: the same values and gradients, three lowerings.
 IMPLEMENTATIONS = {
-    'strided_views': _max_pool,  # the custom backward above
+    'strided_views': _strided_views,  # the custom backward above
+    'separable': _separable,  # two 1-D passes, each with that backward
     'reduce_window': _reduce_window,  # the native op
 }
 
@@ -90,8 +114,9 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
   """VALID max pooling of NHWC ``x`` over ``window x window``, ``stride``.
 
   Same values and gradients as ``flax.linen.max_pool(x, (window, window),
-  strides=(stride, stride), padding='VALID')`` with either ``impl``
-  (``'strided_views'``: the custom backward; ``'reduce_window'``: XLA's).
+  strides=(stride, stride), padding='VALID')`` with any ``impl``
+  (``'strided_views'``: the custom backward; ``'separable'``: the same in
+  two 1-D passes; ``'reduce_window'``: XLA's).
   """
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f'Unknown max_pool impl {impl!r}; use one of '

@@ -144,10 +144,10 @@ def test_the_table_puts_the_fastest_first_per_batch_size():
 def test_sweep_of_every_choice_and_of_a_model_without_choices():
   config = smallest_config()
   variants = benchmark.sweep_variants(config)
-  assert len(variants) == 3 * 3 * 2 * 2 and len(
+  assert len(variants) == 3 * 3 * 3 * 2 and len(
       {tuple(v.items()) for v in variants}) == len(variants)
   config.model.use_lrn = False  # then the LRN's choice is not swept
-  assert len(benchmark.sweep_variants(config)) == 3 * 3 * 2
+  assert len(benchmark.sweep_variants(config)) == 3 * 3 * 3
   with pytest.raises(ValueError, match="'alexnet_owt' has none"):
     benchmark.sweep_variants(alexnet_owt.get_config())
   with pytest.raises(ValueError, match='batch_size must be >= 1; got 0'):
@@ -180,8 +180,8 @@ def test_one_at_a_time_variants_change_one_field_from_auto():
   variants = benchmark.one_at_a_time_variants(config)
   auto = benchmark._model(config).implementations()
   assert variants[0] == {}
-  # Every choice auto does not take, once, alone: 1 + 2 + 2 + 1 + 1.
-  assert len(variants) == 7
+  # Every choice auto does not take, once, alone: 1 + 2 + 2 + 2 + 1.
+  assert len(variants) == 8
   for variant in variants[1:]:
     (name, value), = variant.items()
     assert value != auto[name]
@@ -215,7 +215,7 @@ def test_suite_runs_its_plan_and_writes_json_and_markdown(tiny_data_dir,
   epochs = results['default_config']
   assert epochs['epochs'] == 1 and epochs['steps'] == 10  # 200 / 20
   assert 0 <= epochs['top1_error'] <= 1
-  assert len(results['skipped']) == 6 and all(
+  assert len(results['skipped']) == 7 and all(
       s.startswith('sweep batch 2 bfloat16 {') for s in results['skipped'])
   assert reported == results['sweep'] + results['split'] + [epochs]
   written = json.loads((tmp_path / 'suite.json').read_text())

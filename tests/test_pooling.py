@@ -1,4 +1,6 @@
-"""The custom max pool against flax's (XLA reduce_window/select_and_scatter)."""
+"""The custom max pools against flax's (XLA reduce_window/select_and_scatter)."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -23,6 +25,7 @@ def inputs(kind, shape, seed):
   return jnp.asarray(rng.integers(0, 3, shape), jnp.float32)  # ties everywhere
 
 
+@pytest.mark.parametrize('impl', sorted(pooling.IMPLEMENTATIONS))
 @pytest.mark.parametrize('kind', ['normal', 'relu', 'integers'])
 @pytest.mark.parametrize('shape,window,stride', [
     ((2, 13, 13, 3), 3, 2),   # the paper's overlapping pooling, 13 -> 6
@@ -32,10 +35,10 @@ def inputs(kind, shape, seed):
     ((1, 5, 5, 1), 1, 1),
     ((1, 14, 10, 2), 5, 3),
 ])
-def test_values_and_gradients_match_flax(kind, shape, window, stride):
+def test_values_and_gradients_match_flax(impl, kind, shape, window, stride):
   x = inputs(kind, shape, seed=window * 10 + stride)
   y_ref, vjp_ref = jax.vjp(lambda a: reference(a, window, stride), x)
-  y, vjp = jax.vjp(lambda a: pooling.max_pool(a, window, stride), x)
+  y, vjp = jax.vjp(lambda a: pooling.max_pool(a, window, stride, impl), x)
   np.testing.assert_array_equal(y, y_ref)
   g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape),
                   jnp.float32)
@@ -44,12 +47,14 @@ def test_values_and_gradients_match_flax(kind, shape, window, stride):
   np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-6, atol=1e-6)
 
 
-def test_jit_and_bfloat16():
+@pytest.mark.parametrize('impl', sorted(pooling.IMPLEMENTATIONS))
+def test_jit_and_bfloat16(impl):
   x = inputs('relu', (2, 13, 13, 4), seed=0).astype(jnp.bfloat16)
-  y = jax.jit(pooling.max_pool)(x)
+  pool = functools.partial(pooling.max_pool, impl=impl)
+  y = jax.jit(pool)(x)
   assert y.dtype == jnp.bfloat16
   np.testing.assert_array_equal(y, reference(x, 3, 2))
-  g = jax.grad(lambda a: pooling.max_pool(a).astype(jnp.float32).sum())(x)
+  g = jax.grad(lambda a: pool(a).astype(jnp.float32).sum())(x)
   g_ref = jax.grad(lambda a: reference(a, 3, 2).astype(jnp.float32).sum())(x)
   assert g.dtype == jnp.bfloat16
   np.testing.assert_allclose(g.astype(jnp.float32), g_ref.astype(jnp.float32),

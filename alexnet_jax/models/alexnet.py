@@ -86,7 +86,7 @@ AUTO = {
     # kernel count, and with few kernels writing them costs more than the
     # convolution (docs/design.md, "Per-backend implementations").
     'cpu': dict(conv1_impl='patches', conv_impl='patches',
-                pool_impl='reduce_window', lrn_impl='custom_vjp'),
+                pool_impl='separable', lrn_impl='custom_vjp'),
     'accelerator': dict(conv1_impl='grouped', conv_impl='grouped',
                         pool_impl='reduce_window', lrn_impl='autodiff'),
 }
