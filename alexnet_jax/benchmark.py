@@ -479,6 +479,17 @@ BASELINE = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                         'experiments', 'pytorch_baseline.py')
 
 
+class _Untimed:
+  """Steps of ``runner`` that are never recorded."""
+
+  def __init__(self, runner):
+    self.runner = runner
+
+  def run(self, index: int, record: bool) -> None:
+    del record
+    self.runner.run(index, record=False)
+
+
 class _PyTorchRunner:
   """A step of experiments/pytorch_baseline.py's net, in its own process
   (its own heap and thread pool), on request: ``run`` and ``median_s`` as
@@ -523,7 +534,8 @@ def compare(config, steps: int, warmup: int) -> dict:
   """This net's train step against experiments/pytorch_baseline.py's port,
   with LRN and without, the four steps interleaved (the same machine load;
   PyTorch in its own process with this one's environment, so the same
-  allocator settings, each process idle while the other steps). Returns
+  allocator settings, each process idle while the other steps), each
+  process's turn after an untimed step of its own. Returns
   this net's figures, PyTorch's, and the ratios (``speedup_with_lrn``,
   ``speedup_without_lrn``: ours over PyTorch's images per second).
 
@@ -547,7 +559,15 @@ def compare(config, steps: int, warmup: int) -> dict:
   process, framework = _start_baseline(config.batch_size)
   try:
     theirs = [_PyTorchRunner(process, True), _PyTorchRunner(process, False)]
-    _interleaved(ours + theirs, steps, warmup)
+    # Each process's turn starts with an untimed step. With huge pages, our
+    # first step after PyTorch's turn measured about 1 s slower than our
+    # next (2-core VM, batch 32; whichever net went first; a sleep or a
+    # matmul in this process between the steps did not do it, and without
+    # huge pages there was no such step), most likely the kernel compacting
+    # what PyTorch gave back into huge pages. Timed, that stall was what
+    # the ratio with LRN measured (its net went first).
+    _interleaved([_Untimed(ours[0]), *ours, _Untimed(theirs[0]), *theirs],
+                 steps, warmup)
   finally:
     process.stdin.close()
     process.wait()

@@ -170,6 +170,20 @@ def test_compare_against_pytorch_reports_both_ratios():
       / torch_rates['images_per_sec_without_lrn'], rel=0.05)
 
 
+def test_untimed_steps_run_but_are_never_recorded():
+  """compare's settling step before each process's turn."""
+  calls = []
+
+  class Fake:
+    def run(self, index, record):
+      calls.append((index, record))
+
+  benchmark._interleaved([benchmark._Untimed(Fake()), Fake()], steps=2,
+                         warmup=1)
+  assert calls == [(0, False), (0, False), (1, False), (1, True), (2, False),
+                   (2, True)]
+
+
 def test_compare_needs_the_paper_net():
   with pytest.raises(ValueError, match='paper net.*width=1.0'):
     benchmark.compare(smallest_config(), steps=1, warmup=0)
