@@ -26,6 +26,7 @@ import datetime
 import itertools
 import json
 import math
+import queue
 import signal
 import tempfile
 import threading
@@ -47,10 +48,12 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import precision
+from alexnet_jax import prepare as prepare_store
 from alexnet_jax import prepared
 from alexnet_jax import schedules
 from alexnet_jax import steps
 from alexnet_jax import storage
+from alexnet_jax import synthetic_shapes
 
 METRICS_FILE = 'metrics.jsonl'
 # Where batches come from: tfds's original images, augmented by tf.data, or
@@ -97,6 +100,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                'keep_checkpoints'):
     if config[name] < 1:
       raise ValueError(f'{name}={config[name]} must be at least 1.')
+  if config.input.batches_ahead < 1:
+    raise ValueError(f'input.batches_ahead={config.input.batches_ahead} '
+                     f'must be at least 1 (host batches made ahead of use).')
   if config.profile_steps < 0:
     raise ValueError(f'profile_steps={config.profile_steps} must be 0 (no '
                      f'profile) or the number of steps to trace.')
@@ -167,22 +173,34 @@ def load_dataset(config: ml_collections.ConfigDict):
   """The prepared dataset builder, or the opened store (checked: settings,
   every shard file). Process 0 prepares a tfds dataset first while the
   others wait; they then find it prepared (a shared disk) or prepare their
-  own copy. (Prepare ImageNet before a multi-host run: a wait of hours may
-  outlast the collectives' timeouts.)"""
+  own copy. A store of the generated dataset is made the same way, on
+  first use (seconds); any other store must exist (``prepare``'s command).
+  (Prepare ImageNet before a multi-host run: a wait of hours may outlast
+  the collectives' timeouts.)"""
   if _from_store(config):
-    return prepared.Store(prepared.directory(config),
-                          prepared.settings(config),
-                          (config.input.train_split, config.input.eval_split))
-
-  def prepare():
-    return input_pipeline.dataset_builder(config.input.dataset,
-                                          config.input.data_dir or None)
+    def prepare():
+      if _generated(config):
+        prepare_store.prepare(config)
+      return prepared.Store(prepared.directory(config),
+                            prepared.settings(config),
+                            (config.input.train_split,
+                             config.input.eval_split))
+  else:
+    def prepare():
+      return input_pipeline.dataset_builder(config.input.dataset,
+                                            config.input.data_dir or None)
   if jax.process_count() == 1:
     return prepare()
   if jax.process_index() == 0:
     prepare()
   multihost_utils.sync_global_devices('dataset prepared')
   return prepare()
+
+
+def _generated(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config's dataset is the one this project generates."""
+  return (config.input.dataset.split('/')[0]
+          == synthetic_shapes.SyntheticShapes.name)
 
 
 def train_steps_per_epoch(config: ml_collections.ConfigDict, data) -> int:
@@ -197,12 +215,30 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
   """``(step, images, labels)`` from ``start_step`` to ``total_steps``, as
   global arrays on the mesh; each epoch is its own reshuffled pass. From
   the store, uint8 patches cross to the devices and ``augment`` finishes
-  them there; from tfds, images cross in the model's compute dtype."""
+  them there; from tfds, images cross in the model's compute dtype. The
+  host's batches are made ``config.input.batches_ahead`` ahead in a
+  thread, so that the next epoch's pipeline starts during the evaluation
+  instead of after it."""
+  keys = ('image', 'label') + (('flip', 'pca_alpha') if _from_store(config)
+                               else ())
+  pixels = input_pipeline.Pixels.from_config(config.input)
+  batches = ahead(_host_batches(config, data, start_step, total_steps,
+                                steps_per_epoch), config.input.batches_ahead)
+  for step, (images, labels, *draws) in enumerate(
+      parallel.prefetch_to_mesh(mesh, batches, keys), start_step):
+    if draws:  # uint8 patches: reflection, colour and mean on the device
+      images = augment.train_images(images, *draws, pixels=pixels)
+    yield step, images, labels
+
+
+def _host_batches(config, data, start_step: int, total_steps: int,
+                  steps_per_epoch: int):
+  """This process's batches (dicts of numpy arrays) of the steps from
+  ``start_step`` to ``total_steps``, epoch after epoch."""
   step = start_step
   while step < total_steps:
     epoch, skip = divmod(step, steps_per_epoch)
     count = min(steps_per_epoch - skip, total_steps - step)
-    pixels = input_pipeline.Pixels.from_config(config.input)
     common = dict(global_batch_size=config.batch_size,
                   crop_size=config.model.image_size,
                   pca_stddev=config.input.pca_stddev, seed=config.seed,
@@ -210,22 +246,58 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
                   process_index=jax.process_index(),
                   process_count=jax.process_count())
     if _from_store(config):
-      batches = itertools.islice(prepared.train_batches(
+      yield from itertools.islice(prepared.train_batches(
           data, config.input.train_split, **common), count)
-      keys = ('image', 'label', 'flip', 'pca_alpha')
     else:
-      batches = input_pipeline.create_split(
+      yield from input_pipeline.create_split(
           data, config.input.train_split, train=True,
           resize=config.input.resize, crop=config.input.crop,
-          shuffle_buffer=config.input.shuffle_buffer, pixels=pixels,
+          shuffle_buffer=config.input.shuffle_buffer,
+          pixels=input_pipeline.Pixels.from_config(config.input),
           dtype=config.model.dtype, **common).take(count).as_numpy_iterator()
-      keys = ('image', 'label')
-    for images, labels, *draws in parallel.prefetch_to_mesh(mesh, batches,
-                                                            keys):
-      if draws:  # uint8 patches: reflection, colour and mean on the device
-        images = augment.train_images(images, *draws, pixels=pixels)
-      yield step, images, labels
-      step += 1
+    step += count
+
+
+def ahead(items, size: int):
+  """``items`` in order, each made up to ``size`` items before it is taken,
+  by a thread (tf.data and the store's patch cutting release the GIL). An
+  error in making them is raised here; closing this generator stops the
+  thread after the item it is making."""
+  done = object()
+  made = queue.Queue(size)
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        made.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def make():
+    try:
+      for item in items:
+        if not put((item, None)):
+          return
+      put((done, None))
+    except Exception as error:  # pylint: disable=broad-except
+      put((done, error))
+
+  thread = threading.Thread(target=make, name='batches_ahead', daemon=True)
+  thread.start()
+  try:
+    while True:
+      item, error = made.get()
+      if item is done:
+        if error is not None:
+          raise error
+        return
+      yield item
+  finally:
+    stop.set()
+    thread.join()
 
 
 # --------------------------------------------------------------------------

@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
       store_dir='',  # '' is <data_dir>/alexnet_prepared/<dataset>-<resize>-<format>
       store_format='jpeg',  # or 'raw': 4x the disk, 4x less host work
       store_jpeg_quality=90,
+      # Host batches a thread makes ahead of the step that takes them; the
+      # next epoch's pipeline then starts during the evaluation.
+      batches_ahead=4,
   ))
 
   # Section 5: SGD, batch 128, momentum 0.9, weight decay 0.0005, lr 0.01.

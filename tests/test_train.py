@@ -2,6 +2,7 @@
 bad starts. The small net on the generated tiny dataset (200 train / 100
 validation images), on a 2x2 mesh of CPU devices (towers split)."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -10,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -26,6 +29,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import predict
 from alexnet_jax import prepare
+from alexnet_jax import prepared
 from alexnet_jax import train
 from alexnet_jax.synthetic_shapes import SHAPES
 from configs import default
@@ -38,9 +42,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(data_dir, **overrides):
-  """The default config's net on the tiny dataset in ``data_dir``, batch 16
-  (12 steps an epoch) for 3 epochs; ``overrides`` update the config."""
-  config = on_tiny_dataset(default.get_config(), data_dir)
+  """The default config's net on the tiny dataset in ``data_dir`` through
+  tfds (the default config's store has its own test), batch 16 (12 steps an
+  epoch) for 3 epochs; ``overrides`` update the config."""
+  config = on_tiny_dataset(default.get_config(), data_dir, source='tfds')
   config.model.update(width=0.125, init_stddev=0.02)
   config.batch_size = 16  # 12 steps an epoch
   config.num_epochs = 3
@@ -329,6 +334,7 @@ def test_a_run_recorded_before_model_names_and_pixel_fields_goes_on(
     (dict(input=dict(resize=60)), r'input.resize=60 is smaller'),
     (dict(profile_steps=-1), r'profile_steps=-1 must be 0'),
     (dict(profile_after_steps=0), r'profile_after_steps=0 must be at least 1'),
+    (dict(input=dict(batches_ahead=0)), r'input.batches_ahead=0 must be at'),
     (dict(input=dict(source='files')), r"Unknown input.source 'files'"),
     (dict(input=dict(source='prepared', store_format='webp')),
      r"Unknown input.store_format 'webp'"),
@@ -347,6 +353,48 @@ def test_bad_configs_fail_before_any_work(tmp_path, change, match):
   assert not (tmp_path / 'data').exists()
 
 
+def test_ahead_keeps_the_order_and_stays_within_its_size():
+  made = []
+
+  def items():
+    for i in range(20):
+      made.append(i)
+      yield i
+
+  taken = []
+  for item in train.ahead(items(), size=3):
+    time.sleep(0.01)  # the thread has time to run ahead
+    # Made: the queue's 3, the one waiting to go in, and those taken.
+    assert len(made) <= len(taken) + 1 + 3 + 1
+    taken.append(item)
+  assert taken == list(range(20))
+
+
+def test_ahead_raises_the_makers_error_and_stops_when_closed():
+  def failing():
+    yield 1
+    raise OSError('disk gone')
+
+  batches = train.ahead(failing(), size=2)
+  assert next(batches) == 1
+  with pytest.raises(OSError, match='disk gone'):
+    next(batches)
+  made = []
+
+  def endless():
+    for i in itertools.count():
+      made.append(i)
+      yield i
+
+  batches = train.ahead(endless(), size=2)
+  assert next(batches) == 0
+  batches.close()  # joins the thread
+  count = len(made)
+  time.sleep(0.05)
+  assert len(made) == count <= 5
+  assert not any(t.name == 'batches_ahead' for t in threading.enumerate())
+
+
 def test_an_unwritable_workdir_is_named(tmp_path):
   (tmp_path / 'file').write_text('not a directory')
   with pytest.raises(ValueError, match=r"workdir '.*file/run' cannot be"):
@@ -361,11 +409,33 @@ def test_a_config_field_that_does_not_exist_is_named():
     values(['main', '--config=configs/default.py', '--config.batchsize=8'])
 
 
+def test_the_default_config_makes_its_store_on_first_use(tmp_path):
+  """configs/default.py trains from a raw store of the generated dataset,
+  made by the first run and reused by the next."""
+  config = on_tiny_dataset(default.get_config(), str(tmp_path / 'data'))
+  config.model.update(width=0.125)
+  config.update(batch_size=16, num_train_steps=2, log_every_steps=1)
+  config.input.ten_crop_eval = False
+  assert (config.input.source, config.input.store_format) == ('prepared',
+                                                              'raw')
+  manifest = pathlib.Path(prepared.directory(config)) / prepared.MANIFEST
+  assert not manifest.exists()
+  assert int(train.train_and_evaluate(config, str(tmp_path / 'a')).step) == 2
+  made = manifest.stat().st_mtime_ns
+  assert json.loads(manifest.read_text())['status'] == 'complete'
+  assert int(train.train_and_evaluate(config, str(tmp_path / 'b')).step) == 2
+  assert manifest.stat().st_mtime_ns == made
+  # Another dataset's store is not made by a run: it names the command.
+  config.input.update(dataset='cifar10', eval_split='test')
+  with pytest.raises(ValueError, match='python -m alexnet_jax.prepare'):
+    train.train_and_evaluate(config, str(tmp_path / 'c'))
+
+
 def test_mock_cifar10_runs_end_to_end(tmp_path):
   config = default.get_config()
   config.model.update(width=0.125)
   config.input.update(dataset='cifar10', eval_split='test',
-                      ten_crop_eval=False)
+                      ten_crop_eval=False, source='tfds')
   config.update(batch_size=8, num_train_steps=3, log_every_steps=1)
   workdir = str(tmp_path / 'run')
   with tfds.testing.mock_data(num_examples=24):
@@ -621,7 +691,8 @@ def test_sigterm_exits_75_and_the_same_command_continues(tiny_data_dir,
              f'--config.input.data_dir={tiny_data_dir}',
              '--config.model.width=0.125', '--config.batch_size=16',
              '--config.num_train_steps=60', '--config.log_every_steps=2',
-             '--config.input.ten_crop_eval=False']
+             '--config.input.ten_crop_eval=False',
+             '--config.input.source=tfds']  # tiny_data_dir stays read-only
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   proc = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
