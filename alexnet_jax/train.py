@@ -246,16 +246,18 @@ def _host_batches(config, data, start_step: int, total_steps: int,
                   process_index=jax.process_index(),
                   process_count=jax.process_count())
     if _from_store(config):
-      yield from itertools.islice(prepared.train_batches(
+      batches = itertools.islice(prepared.train_batches(
           data, config.input.train_split, **common), count)
     else:
-      yield from input_pipeline.create_split(
+      batches = input_pipeline.create_split(
           data, config.input.train_split, train=True,
           resize=config.input.resize, crop=config.input.crop,
           shuffle_buffer=config.input.shuffle_buffer,
           pixels=input_pipeline.Pixels.from_config(config.input),
           dtype=config.model.dtype, **common).take(count).as_numpy_iterator()
-    step += count
+    for batch in batches:
+      yield batch
+      step += 1
 
 
 def ahead(items, size: int):
