@@ -25,10 +25,10 @@ training images an epoch; see docs/results.md):
   the plateau rule cut the rate after epoch 4, before the net had left
   chance level, where it still was at epoch 7 when we stopped it.
   ``--config.schedule=plateau`` runs the paper's rule on this dataset.
-* Batches from a raw store of the resized squares (made on first use, about
-  20 s; ``alexnet_jax/prepared.py``) rather than decoding every image each
-  epoch: the devices share the two cores with the input, and the run took
-  289 s this way against 506 s from tfds (2026-12-01).
+* Batches from a raw store of the resized squares (made on first use, 3.5 s
+  on 2026-12-02; ``alexnet_jax/prepared.py``) rather than decoding every
+  image each epoch: the devices share the two cores with the input, and the
+  run took 289 s this way against 506 s from tfds (2026-12-01).
   ``--config.input.source=tfds`` runs the tfds pipeline instead.
 """
 
