@@ -222,8 +222,9 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
   keys = ('image', 'label') + (('flip', 'pca_alpha') if _from_store(config)
                                else ())
   pixels = input_pipeline.Pixels.from_config(config.input)
-  batches = ahead(_host_batches(config, data, start_step, total_steps,
-                                steps_per_epoch), config.input.batches_ahead)
+  batches = ahead(_host_batches(config, data, pixels, start_step,
+                                total_steps, steps_per_epoch),
+                  config.input.batches_ahead)
   for step, (images, labels, *draws) in enumerate(
       parallel.prefetch_to_mesh(mesh, batches, keys), start_step):
     if draws:  # uint8 patches: reflection, colour and mean on the device
@@ -231,8 +232,8 @@ def train_batches(config: ml_collections.ConfigDict, data, mesh,
     yield step, images, labels
 
 
-def _host_batches(config, data, start_step: int, total_steps: int,
-                  steps_per_epoch: int):
+def _host_batches(config, data, pixels: input_pipeline.Pixels,
+                  start_step: int, total_steps: int, steps_per_epoch: int):
   """This process's batches (dicts of numpy arrays) of the steps from
   ``start_step`` to ``total_steps``, epoch after epoch."""
   step = start_step
@@ -252,8 +253,7 @@ def _host_batches(config, data, start_step: int, total_steps: int,
       batches = input_pipeline.create_split(
           data, config.input.train_split, train=True,
           resize=config.input.resize, crop=config.input.crop,
-          shuffle_buffer=config.input.shuffle_buffer,
-          pixels=input_pipeline.Pixels.from_config(config.input),
+          shuffle_buffer=config.input.shuffle_buffer, pixels=pixels,
           dtype=config.model.dtype, **common).take(count).as_numpy_iterator()
     for batch in batches:
       yield batch
