@@ -160,7 +160,11 @@ def train_step(state: TrainState, images: jax.Array,
   """
   scale = state.loss_scale
   if data_axis is not None:
-    rng = jax.random.fold_in(rng, lax.axis_index(data_axis))
+    # Shard 0 of a one-device data axis as a constant: the same key, but
+    # nothing after the dropout then varies over the axis, so no gradient
+    # is all-reduced over it.
+    shard = lax.axis_index(data_axis) if lax.axis_size(data_axis) > 1 else 0
+    rng = jax.random.fold_in(rng, shard)
 
   def global_mean(x):
     return x if data_axis is None else lax.pmean(x, data_axis)

@@ -176,6 +176,28 @@ def test_only_the_four_crossings_cross_the_model_axis(paper_split):
   assert expected['conv3_input_forward'] == 13 * 13 * 128 * 4
 
 
+@pytest.mark.parametrize('devices,model_axis', [(1, 1), (2, 2)])
+def test_a_data_axis_of_one_device_reduces_no_gradient(devices, model_axis):
+  """One device, or two with a tower each: the data axis has one device,
+  so no gradient is all-reduced over it (XLA:CPU kept such an all-reduce
+  of every gradient over a single device); only the metrics' scalars."""
+  config = small_config(batch_size=4, model_axis_size=model_axis)
+  model = steps.create_model(config.model)  # dropout on: its key matters
+  mesh = parallel.make_mesh(config, jax.devices()[:devices])
+  state = parallel.create_train_state(config, model, mesh, jax.random.key(0))
+  images, labels = parallel.global_batch(
+      mesh, np.zeros((4, 67, 67, 3), np.float32), np.zeros(4, np.int32))
+  hlo = parallel.make_train_step(mesh, state).lower(
+      state, images, labels, jax.random.key(0)).compile().as_text()
+  single = {frozenset([d.id]) for d in mesh.devices.flat}
+  over_data = [m for m in COLLECTIVE.finditer(hlo) if {
+      frozenset(int(i) for i in g.split(','))
+      for g in re.findall(r'\{([\d,]+)\}', m['groups'])} == single]
+  shapes = [s for m in over_data
+            for s in re.findall(r'\w+\[[\d,]*\]', m['shape'])]
+  assert all(elements(s) == 1 for s in shapes), shapes
+
+
 def test_each_device_holds_one_tower(paper_split):
   _, mesh, state, _ = paper_split
   total = sum(x.nbytes for x in jax.tree.leaves((state.params,

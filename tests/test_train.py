@@ -46,7 +46,6 @@ def tiny_config(data_dir, **overrides):
   tfds (the default config's store has its own test), batch 16 (12 steps an
   epoch) for 3 epochs; ``overrides`` update the config."""
   config = on_tiny_dataset(default.get_config(), data_dir, source='tfds')
-  config.model.update(width=0.125, init_stddev=0.02)
   config.batch_size = 16  # 12 steps an epoch
   config.num_epochs = 3
   config.log_every_steps = 5
@@ -293,7 +292,14 @@ def test_a_run_recorded_before_model_names_and_pixel_fields_goes_on(
   fields (written before
   they existed) is read as the paper's net and convention: predict loads
   it and training continues it; another pixel convention is refused."""
-  config = tiny_config(tiny_data_dir, num_train_steps=5, num_epochs=-1)
+  def paper_pixels(config):
+    # A run from before the pixel fields had the paper's convention: the
+    # mean subtracted, no std (the default config's std came later).
+    config.input.std_rgb = input_pipeline.Pixels().std_rgb
+    return config
+
+  config = paper_pixels(
+      tiny_config(tiny_data_dir, num_train_steps=5, num_epochs=-1))
   new_model = ('name', 'lrn_across_towers', 'conv1_impl', 'conv_impl',
                'pool_impl', 'lrn_impl')
   new_input = ('mean_rgb', 'std_rgb', 'channel_order')
@@ -320,12 +326,14 @@ def test_a_run_recorded_before_model_names_and_pixel_fields_goes_on(
   assert not loaded.model.lrn_across_towers
   assert tuple(loaded.input.mean_rgb) == input_pipeline.MEAN_RGB
   predict.load_state(str(tmp_path))
-  bgr = tiny_config(tiny_data_dir, num_train_steps=10, num_epochs=-1)
+  bgr = paper_pixels(
+      tiny_config(tiny_data_dir, num_train_steps=10, num_epochs=-1))
   bgr.input.channel_order = 'BGR'
   with pytest.raises(ValueError, match=r"input.channel_order: checkpoint "
                      r"'RGB', config 'BGR'"):
     train.train_and_evaluate(bgr, str(tmp_path))
-  longer = tiny_config(tiny_data_dir, num_train_steps=10, num_epochs=-1)
+  longer = paper_pixels(
+      tiny_config(tiny_data_dir, num_train_steps=10, num_epochs=-1))
   assert int(train.train_and_evaluate(longer, str(tmp_path)).step) == 10
 
 

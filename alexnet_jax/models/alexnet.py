@@ -226,8 +226,10 @@ class TowerConv(nn.Module):
       y = convolution.conv(jnp.concatenate(xs, axis=-1), stacked,
                            self.stride, padding, groups=towers)
     y = y + bias.reshape(-1)
-    return [y[..., t * self.features:(t + 1) * self.features]
-            for t in range(towers)]
+    # A split, not slices: its gradient is one concatenate, where the
+    # slices' was a zero-padded copy per tower, added (conv1: 50 ms of a
+    # 1.5 s CPU step at batch 32).
+    return jnp.split(y, towers, axis=-1)
 
 
 class TowerDense(nn.Module):
