@@ -23,13 +23,14 @@ training images an epoch; see docs/results.md):
   stayed at chance (90%) for every epoch we ran (3); with N(0, 0.02) on
   0..255 pixels, one seed in three stayed near chance for 7-10 epochs and
   ended at 12.6% (2026-12-02); N(0, 0.08) on 0..255 pixels (conv1's
-  outputs then about 90 by the same estimate) stayed at chance for all 18
-  epochs run, its output no longer depending on the image. As set here, seeds
-  0-2 left chance in the first epoch and ended at 2.7-2.8% (2026-12-05).
+  outputs then about 0.08 x sqrt(363) x 60 = 90) stayed at chance for all
+  18 epochs run, its output no longer depending on the image. As set here
+  (with 40 epochs), seeds 0-2 left chance in the first epoch and ended at
+  2.7-2.8% (2026-12-05).
 * 30 epochs: with the init above the error falls from the first epoch on;
-  40 epochs (the count before that init) took 351 s and ended at 2.7%,
-  30 took 265 s and ended at 3.7% (seed 0, 2026-12-05, the machine about
-  1.5x slower that day than on 2026-12-02).
+  40 epochs (the count before that init) took 351 s for seed 0 (2.7%),
+  30 took 265-289 s for seeds 0-2 (3.7-3.85%; 2026-12-05, the machine
+  about 1.5x slower that day than on 2026-12-02).
 * No dropout, and a cosine schedule with 2 warm-up epochs at twice the
   paper's rate instead of the plateau rule: the paper reports that dropout
   doubles the iterations needed to converge, and with N(0, 0.01) weights
