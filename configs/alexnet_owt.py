@@ -28,9 +28,8 @@ def get_config():
       dropout_rate=0.5,
       dtype='float32',
   ))
-  # torchvision's transforms.Normalize constants, on a 0..255 scale.
-  config.input.update(mean_rgb=(123.675, 116.28, 103.53),
-                      std_rgb=(58.395, 57.12, 57.375), channel_order='RGB',
+  config.input.update(mean_rgb=imagenet.TORCHVISION_MEAN_RGB,
+                      std_rgb=imagenet.TORCHVISION_STD_RGB, channel_order='RGB',
                       crop='inception', pca_stddev=0.0)
   config.batch_size = 256
   config.weight_decay = 1e-4

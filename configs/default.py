@@ -14,8 +14,9 @@ training images an epoch; see docs/results.md):
   after 20 epochs, against 31% after 10 at 96x96 (other settings the same).
   Width 1/4 at 96x96 (with dropout, the plateau rule) took about twice as
   long per epoch as this config for about the same error after 10 epochs.
-* Pixels divided by ImageNet's per-channel std (unit variance, about) and
-  weights N(0, 0.08), ReLU biases 0.1 (Caffe's BVLC value). A layer scales
+* Pixels divided by ImageNet's per-channel std (torchvision's constants;
+  unit variance, about) and weights N(0, 0.08), ReLU biases 0.1 (Caffe's
+  BVLC value). A layer scales
   its input's spread by about std x sqrt(fan-in), and this narrow net's
   fan-ins are small (conv2 150, fc6 128, fc7 512): at N(0, 0.08) that is
   0.9-1.8 a layer, at N(0, 0.02) 0.2-0.45, so the upper layers saw mostly
@@ -46,10 +47,6 @@ training images an epoch; see docs/results.md):
 
 from configs import imagenet
 
-# ImageNet's per-channel pixel std on the 0..255 scale (torchvision's
-# constants): with it the inputs have about unit variance.
-IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
-
 
 def get_config():
   config = imagenet.get_config()
@@ -57,7 +54,7 @@ def get_config():
                       dropout_rate=0.0, init_stddev=0.08, relu_bias_init=0.1)
   config.input.update(dataset='synthetic_shapes', resize=110,
                       shuffle_buffer=2_048, source='prepared',
-                      store_format='raw', std_rgb=IMAGENET_STD_RGB)
+                      store_format='raw', std_rgb=imagenet.TORCHVISION_STD_RGB)
   config.batch_size = 64
   config.num_epochs = 30
   config.schedule = 'cosine'

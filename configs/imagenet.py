@@ -18,6 +18,12 @@ a GPU"):
 
 import ml_collections
 
+# torchvision's transforms.Normalize constants, on a 0..255 scale: ImageNet's
+# per-channel pixel mean and std (dividing by the std gives the inputs about
+# unit variance).
+TORCHVISION_MEAN_RGB = (123.675, 116.28, 103.53)
+TORCHVISION_STD_RGB = (58.395, 57.12, 57.375)
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()

@@ -137,6 +137,12 @@ def elements(shape):
   return int(np.prod([int(d) for d in dims.split(',') if d]))
 
 
+def replica_groups(match):
+  """A COLLECTIVE match's replica groups, as a set of device-id sets."""
+  return {frozenset(int(i) for i in g.split(','))
+          for g in re.findall(r'\{([\d,]+)\}', match['groups'])}
+
+
 def test_only_the_four_crossings_cross_the_model_axis(paper_split):
   model, mesh, _, hlo = paper_split
   ids = np.vectorize(lambda d: d.id)(mesh.devices)
@@ -144,8 +150,7 @@ def test_only_the_four_crossings_cross_the_model_axis(paper_split):
   data_groups = {frozenset(col) for col in ids.T}       # {0,2}, {1,3}
   over_model, over_data = [], []
   for m in COLLECTIVE.finditer(hlo):
-    groups = {frozenset(int(i) for i in g.split(','))
-              for g in re.findall(r'\{([\d,]+)\}', m['groups'])}
+    groups = replica_groups(m)
     if groups == model_groups:
       over_model.append(m)
     elif groups == data_groups:
@@ -190,9 +195,8 @@ def test_a_data_axis_of_one_device_reduces_no_gradient(devices, model_axis):
   hlo = parallel.make_train_step(mesh, state).lower(
       state, images, labels, jax.random.key(0)).compile().as_text()
   single = {frozenset([d.id]) for d in mesh.devices.flat}
-  over_data = [m for m in COLLECTIVE.finditer(hlo) if {
-      frozenset(int(i) for i in g.split(','))
-      for g in re.findall(r'\{([\d,]+)\}', m['groups'])} == single]
+  over_data = [m for m in COLLECTIVE.finditer(hlo)
+               if replica_groups(m) == single]
   shapes = [s for m in over_data
             for s in re.findall(r'\w+\[[\d,]*\]', m['shape'])]
   assert all(elements(s) == 1 for s in shapes), shapes
