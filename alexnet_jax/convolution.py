@@ -63,7 +63,7 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
   s = stride
   out_h = output_size(h, k, s, padding[0])
   out_w = output_size(w, k, s, padding[1])
-  blocks = -(-k // s)  # kernel extent in blocks; the overhang is zero
+  blocks = -(-k // s)  # kernel extent in blocks
   # Rows/columns the blocks need: pad (or crop rows no output reads).
   need_h, need_w = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
   x = lax.pad(x, jnp.zeros((), x.dtype), [
@@ -71,16 +71,20 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
       (padding[0][0], need_h - h - padding[0][0], 0),
       (padding[1][0], need_w - w - padding[1][0], 0),
       (0, 0, 0)])
-  # Space-to-depth: (n, bi, di, bj, dj, c) -> (n, bi, bj, (di, dj, c)).
+  # Space-to-depth: (n, bi, di, bj, dj, c) -> (n, bi, bj, di, dj, c).
   x = x.reshape(n, need_h // s, s, need_w // s, s, channels)
-  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(
-      n, need_h // s, need_w // s, s * s * channels)
-  patches = jnp.concatenate(
-      [x[:, i:i + out_h, j:j + out_w] for i in range(blocks)
-       for j in range(blocks)], axis=-1)
-  # The kernel in the same (i, j, di, dj, c) order, zero where it overhangs.
-  grown = blocks * s
-  kernel = jnp.pad(kernel, ((0, grown - k), (0, grown - k), (0, 0), (0, 0)))
-  kernel = kernel.reshape(blocks, s, blocks, s, channels, features)
-  kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(-1, features)
-  return patches @ kernel
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  # Block (i, j) holds kernel rows i*s .. i*s+s-1 (columns alike); where
+  # the kernel ends inside a block (11 = 4 + 4 + 3 at stride 4) only its
+  # first rows are taken, so the matmul is exactly k*k*c deep.
+  patches, weights = [], []
+  for i in range(blocks):
+    rows = min(s, k - i * s)
+    for j in range(blocks):
+      cols = min(s, k - j * s)
+      patch = x[:, i:i + out_h, j:j + out_w, :rows, :cols]
+      patches.append(patch.reshape(n, out_h, out_w, -1))
+      weights.append(kernel[i * s:i * s + rows, j * s:j * s + cols]
+                     .reshape(-1, features))
+  return (jnp.concatenate(patches, axis=-1)
+          @ jnp.concatenate(weights, axis=0))
