@@ -5,9 +5,10 @@
   The input is first cut into ``stride x stride`` blocks stacked on the
   channel axis (space-to-depth), which turns a strided convolution into a
   stride-1 one over ``ceil(k / stride)**2`` block offsets; the patches are
-  those offsets' shifted views side by side. Its gradients are XLA's
-  gradients of a matmul (the weight gradient is ``patches^T @ grad``), so
-  nothing is written by hand.
+  those offsets' shifted views side by side, each cut to the rows and
+  columns the kernel covers, so they are exactly ``k * k * channels``
+  deep. Its gradients are XLA's gradients of a matmul (the weight
+  gradient is ``patches^T @ grad``), so nothing is written by hand.
 
 Why both: XLA:CPU runs AlexNet's convolutions well below its matmul rate,
 above all conv1 (3 input channels, 11x11, stride 4) and conv2's backward

@@ -120,6 +120,8 @@ def _phase_backward(argmax, shape, g, axis, window, stride) -> jax.Array:
 
 
 def _views(x, axes, window, stride) -> list[jax.Array]:
+  """Phase slices along one axis; strided slices for a 2-D window (its four
+  phases' interleave measured 3-4x slower than the strided form)."""
   if len(axes) == 1:
     return _phase_views(x, axes[0], window, stride)
   return _strided_slices(x, axes, window, stride)
