@@ -2,11 +2,11 @@
 
 * :func:`conv`: ``lax.conv_general_dilated``, XLA's own convolution.
 * :func:`patches_conv`: the same function as one matmul over image patches.
-  The input is first cut into ``stride x stride`` blocks stacked on the
-  channel axis (space-to-depth), which turns a strided convolution into a
-  stride-1 one over ``ceil(k / stride)**2`` block offsets; the patches are
-  those offsets' shifted views side by side, each cut to the rows and
-  columns the kernel covers, so they are exactly ``k * k * channels``
+  The input is first cut into ``stride x stride`` blocks (space-to-depth),
+  which turns a strided convolution into a stride-1 one over
+  ``ceil(k / stride)**2`` block offsets; the patches are those offsets'
+  shifted views, each cut to the rows and columns of its block that the
+  kernel covers and flattened, side by side: exactly ``k * k * channels``
   deep. Its gradients are XLA's gradients of a matmul (the weight
   gradient is ``patches^T @ grad``), so nothing is written by hand.
 
