@@ -1,4 +1,4 @@
-"""Convolutions of NHWC inputs and HWIO kernels, two lowerings of one op.
+"""Convolutions of NHWC inputs and HWIO kernels, three lowerings of one op.
 
 * :func:`conv`: ``lax.conv_general_dilated``, XLA's own convolution.
 * :func:`patches_conv`: the same function as one matmul over image patches.
@@ -9,6 +9,13 @@
   kernel covers and flattened, side by side: exactly ``k * k * channels``
   deep. Its gradients are XLA's gradients of a matmul (the weight
   gradient is ``patches^T @ grad``), so nothing is written by hand.
+* :func:`winograd_conv`: a stride-1 convolution by Winograd's minimal
+  filtering (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+  Networks", 2016): each ``tile x tile`` block of outputs is computed from
+  a ``(tile + k - 1)``-square block of inputs with ``(tile + k - 1)**2``
+  multiplications per channel pair instead of ``tile**2 * k**2``, as that
+  many matmuls over all blocks. The transforms are fixed linear maps, so
+  again autodiff gives both gradients, themselves Winograd products.
 
 Why both: XLA:CPU runs AlexNet's convolutions well below its matmul rate,
 above all conv1 (3 input channels, 11x11, stride 4) and conv2's backward
@@ -16,15 +23,20 @@ pass; as patches every layer of the paper's net trained 1.2x (conv3) to 4x
 (conv1) faster on a 2-core CPU (docs/design.md, "Per-backend
 implementations"). With few kernels a layer, writing the patches costs
 more than it saves. On GPU and TPU the native convolution is the one to
-use. ``models/alexnet.py`` chooses per layer width and backend.
+use. Winograd then cuts the stride-1 layers' (conv2-conv5) arithmetic by
+2x (3x3 kernels, 2x2 tiles) and 2.6x (5x5, 3x3 tiles), which more than pays
+for its transforms on the CPU (docs/design.md). ``models/alexnet.py``
+chooses per layer width and backend.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Padding = Sequence[tuple[int, int]]
@@ -89,3 +101,128 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
                      .reshape(-1, features))
   return (jnp.concatenate(patches, axis=-1)
           @ jnp.concatenate(weights, axis=0))
+
+
+# Winograd's output tile per kernel size, the fastest measured on the
+# 2-core CPU (docs/design.md): larger tiles need fewer multiplications but
+# more transform work and lose float32 digits (2x2 tiles: errors as the
+# plain convolution's; 4x4: 10x larger).
+WINOGRAD_TILES = {3: 2, 5: 3}
+# Interpolation points, in the order Lavin and Gray take them; the point
+# at infinity comes last in every matrix.
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0)
+
+
+@functools.lru_cache(maxsize=None)
+def winograd_matrices(tile: int, kernel_size: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(A^T, G, B^T)`` of the 1-D minimal filter F(tile, kernel_size).
+
+  For inputs ``d`` (``n = tile + kernel_size - 1`` of them) and a kernel
+  ``g``, ``A^T @ ((G @ g) * (B^T @ d))`` is the correlation
+  ``y[i] = sum_k d[i + k] g[k]`` (Lavin and Gray's eq. 5 and 6). Built by
+  Cook-Toom: the correlation is the transpose of a polynomial product,
+  which is evaluated at ``n - 1`` points and infinity and interpolated back.
+  Each row of ``G`` is divided by its point's Lagrange denominator and
+  ``B^T``'s multiplied by it, so ``B^T`` (applied to every input block) has
+  small integer entries for small tiles, as in the paper.
+  """
+  n = tile + kernel_size - 1
+  if n - 1 > len(_POINTS):
+    raise ValueError(f'Winograd tile {tile} with kernel {kernel_size} needs '
+                     f'{n - 1} points; at most {len(_POINTS)} are defined.')
+  points = np.array(_POINTS[:n - 1])
+
+  def evaluate(degree):  # (n, degree): the polynomial's value at each point
+    v = np.zeros((n, degree))
+    v[:-1] = points[:, None] ** np.arange(degree)
+    v[-1, -1] = 1.0  # at infinity: the leading coefficient
+    return v
+
+  scale = np.ones(n)
+  for j, p in enumerate(points):
+    scale[j] = np.prod([p - q for q in np.delete(points, j)])
+  at = evaluate(tile).T
+  g = evaluate(kernel_size) / scale[:, None]
+  bt = np.linalg.inv(evaluate(n)).T * scale[:, None]
+  return at, g, bt
+
+
+def _combine(coefficients: np.ndarray, terms: Sequence[jax.Array]
+             ) -> jax.Array:
+  """``sum(c * t)`` with the zero terms left out and no multiply by +-1."""
+  total = None
+  for c, t in zip(coefficients, terms):
+    if c == 0:
+      continue
+    t = t if c == 1 else -t if c == -1 else t * float(c)
+    total = t if total is None else total + t
+  return total
+
+
+def _block_transform(x: jax.Array, bt: np.ndarray, tile: int, axis: int,
+                     blocks: int) -> list[jax.Array]:
+  """``B^T`` along ``axis`` for every block: one array per row of ``B^T``,
+  with that axis turned into the block index (``blocks`` long).
+
+  Block ``b`` reads entries ``b * tile + t``; cut into (block, phase) that
+  is a contiguous slice of phase ``t % tile`` (no strided slices, which
+  XLA:CPU copies slowly).
+  """
+  shape = x.shape
+  x = x.reshape(shape[:axis] + (-1, tile) + shape[axis + 1:])
+  terms = [lax.index_in_dim(
+      lax.slice_in_dim(x, t // tile, t // tile + blocks, axis=axis),
+      t % tile, axis + 1, keepdims=False) for t in range(bt.shape[1])]
+  return [_combine(row, terms) for row in bt]
+
+
+def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
+                  padding: Padding) -> jax.Array:
+  """``conv(x, kernel, 1, padding)`` by Winograd's F(tile x tile, k x k).
+
+  Same values as :func:`conv` up to float rounding (the transforms add
+  a few ulps: about 2e-6 relative for conv3's shape, 8e-6 for conv2's) and
+  the same gradients. The tile is ``WINOGRAD_TILES[k]``. It computes in
+  float32 whatever the input type: in bfloat16 the transforms' rounding
+  made 8% errors with 5x5 kernels, 26x those of the bfloat16 convolution.
+  """
+  n_images, h, w, channels = x.shape
+  k, _, _, features = kernel.shape
+  if stride != 1:
+    raise ValueError(f'winograd_conv computes stride-1 convolutions, not '
+                     f'stride {stride}; use patches_conv or conv.')
+  dtype, x, kernel = x.dtype, x.astype(jnp.float32), kernel.astype(
+      jnp.float32)
+  tile = WINOGRAD_TILES.get(k, 2)
+  at, g, bt = winograd_matrices(tile, k)
+  n = tile + k - 1
+  out_h = output_size(h, k, 1, padding[0])
+  out_w = output_size(w, k, 1, padding[1])
+  tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
+  # Rows (columns) the blocks read, padded to whole phases.
+  need_h = (tiles_h + -(-(k - 1) // tile)) * tile
+  need_w = (tiles_w + -(-(k - 1) // tile)) * tile
+  x = lax.pad(x, 0.0, [
+      (0, 0, 0),
+      (padding[0][0], need_h - h - padding[0][0], 0),
+      (padding[1][0], need_w - w - padding[1][0], 0),
+      (0, 0, 0)])
+  # B^T d B for every block: n*n arrays (images, tiles_h, tiles_w, c).
+  v = [col for row in _block_transform(x, bt, tile, 1, tiles_h)
+       for col in _block_transform(row, bt, tile, 2, tiles_w)]
+  v = jnp.stack(v).reshape(n * n, -1, channels)
+  # G g G^T: (n*n, c, features), once per call.
+  g = jnp.asarray(g, jnp.float32)
+  u = jnp.einsum('ar,rsco,bs->abco', g, kernel, g)
+  u = u.reshape(n * n, channels, features)
+  # The n*n products, each summed over channels: one batched matmul.
+  m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
+  # A^T m A: unstacked, not indexed, so its gradient is one concatenate.
+  m = m.reshape(n, n, n_images, tiles_h, tiles_w, features)
+  rows = [_combine(a, jnp.unstack(m)) for a in at]
+  y = [jnp.stack([_combine(a, jnp.unstack(r)) for a in at], axis=3)
+       for r in rows]  # (images, tiles_h, tiles_w, tile, features) each
+  y = jnp.stack(y, axis=2).reshape(n_images, tiles_h * tile, tiles_w * tile,
+                                   features)
+  return y[:, :out_h, :out_w].astype(dtype)

@@ -144,10 +144,10 @@ def test_the_table_puts_the_fastest_first_per_batch_size():
 def test_sweep_of_every_choice_and_of_a_model_without_choices():
   config = smallest_config()
   variants = benchmark.sweep_variants(config)
-  assert len(variants) == 3 * 3 * 3 * 2 and len(
+  assert len(variants) == 3 * 4 * 3 * 2 and len(
       {tuple(v.items()) for v in variants}) == len(variants)
   config.model.use_lrn = False  # then the LRN's choice is not swept
-  assert len(benchmark.sweep_variants(config)) == 3 * 3 * 3
+  assert len(benchmark.sweep_variants(config)) == 3 * 4 * 3
   with pytest.raises(ValueError, match="'alexnet_owt' has none"):
     benchmark.sweep_variants(alexnet_owt.get_config())
   with pytest.raises(ValueError, match='batch_size must be >= 1; got 0'):

@@ -1,5 +1,6 @@
-"""The patch-matmul convolution against XLA's (``lax.conv_general_dilated``):
-values and the gradients of both the input and the kernel."""
+"""The patch-matmul and Winograd convolutions against XLA's
+(``lax.conv_general_dilated``): values and the gradients of both the input
+and the kernel; Winograd's matrices against a direct correlation."""
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +23,33 @@ from alexnet_jax import convolution
 ])
 def test_patches_equal_xla_convolution(shape, kernel, features, stride,
                                        padding):
+  assert_equal_xla_convolution(convolution.patches_conv, shape, kernel,
+                               features, stride, padding)
+
+
+@pytest.mark.parametrize('shape,kernel,features,padding', [
+    ((2, 13, 13, 6), 3, 5, convolution.same_padding(3)),  # conv3-5's form
+    ((2, 27, 27, 4), 5, 3, convolution.same_padding(5)),  # conv2's
+    ((2, 6, 6, 3), 5, 2, convolution.same_padding(5)),  # configs/default.py
+    ((1, 10, 7, 2), 3, 2, ((0, 0), (0, 0))),  # 'VALID', uneven tiles
+    ((1, 9, 11, 2), 3, 3, ((2, 0), (1, 2))),  # uneven padding
+    ((1, 12, 12, 2), 4, 2, convolution.same_padding(4)),  # no tile entry: 2
+    ((1, 3, 3, 2), 3, 2, convolution.same_padding(3)),  # one partial tile
+])
+def test_winograd_equals_xla_convolution(shape, kernel, features, padding):
+  assert_equal_xla_convolution(convolution.winograd_conv, shape, kernel,
+                               features, 1, padding)
+
+
+def assert_equal_xla_convolution(lowering, shape, kernel, features, stride,
+                                 padding):
   rng = np.random.default_rng(sum(shape) + kernel)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, shape[-1], features)),
                   jnp.float32)
   y_ref, vjp_ref = jax.vjp(
       lambda a, b: convolution.conv(a, b, stride, padding), x, w)
-  y, vjp = jax.vjp(
-      lambda a, b: convolution.patches_conv(a, b, stride, padding), x, w)
+  y, vjp = jax.vjp(lambda a, b: lowering(a, b, stride, padding), x, w)
   assert y.shape == y_ref.shape
   scale = np.abs(y_ref).max()
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * scale)
@@ -49,3 +69,69 @@ def test_same_padding_is_xlas_split():
       convolution.conv(x, w, 1, convolution.same_padding(4)),
       jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+
+
+@pytest.mark.parametrize('tile,kernel', [(2, 3), (3, 3), (4, 3), (2, 5),
+                                         (3, 5), (1, 4), (6, 3)])
+def test_winograd_matrices_compute_a_correlation(tile, kernel):
+  """In float64, A^T ((G g) * (B^T d)) is y[i] = sum_k d[i + k] g[k] for
+  every input (checked on a basis of inputs and kernels, so exactly)."""
+  at, g, bt = convolution.winograd_matrices(tile, kernel)
+  n = tile + kernel - 1
+  assert at.shape == (tile, n) and g.shape == (n, kernel) and bt.shape == (
+      n, n)
+  for i in range(n):
+    for j in range(kernel):
+      d, w = np.eye(n)[i], np.eye(kernel)[j]
+      direct = np.array([d[o:o + kernel] @ w for o in range(tile)])
+      np.testing.assert_allclose(at @ ((g @ w) * (bt @ d)), direct,
+                                 atol=1e-12)
+
+
+def test_winograd_matrices_for_4x4_tiles_are_lavin_and_grays():
+  """F(4, 3) as printed in Lavin and Gray (2016), section 4.2 (the same
+  points in the same order: 0, 1, -1, 2, -2, infinity)."""
+  at, g, bt = convolution.winograd_matrices(4, 3)
+  np.testing.assert_allclose(bt, [[4, 0, -5, 0, 1, 0],
+                                  [0, -4, -4, 1, 1, 0],
+                                  [0, 4, -4, -1, 1, 0],
+                                  [0, -2, -1, 2, 1, 0],
+                                  [0, 2, -1, -2, 1, 0],
+                                  [0, 4, 0, -5, 0, 1]], atol=1e-12)
+  np.testing.assert_allclose(g, [[1 / 4, 0, 0],
+                                 [-1 / 6, -1 / 6, -1 / 6],
+                                 [-1 / 6, 1 / 6, -1 / 6],
+                                 [1 / 24, 1 / 12, 1 / 6],
+                                 [1 / 24, -1 / 12, 1 / 6],
+                                 [0, 0, 1]], atol=1e-12)
+  np.testing.assert_allclose(at, [[1, 1, 1, 1, 1, 0],
+                                  [0, 1, -1, 2, -2, 0],
+                                  [0, 1, 1, 4, 4, 0],
+                                  [0, 1, -1, 8, -8, 1]], atol=1e-12)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_winograd_in_narrow_types_is_as_close_as_xlas(dtype):
+  """In a narrow type the transforms would round (8% errors for 5x5
+  kernels in bfloat16); computed in float32, Winograd is as close to the
+  float32 result as XLA's own convolution in that type, and keeps it."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 27, 27, 16)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((5, 5, 16, 8)) * 0.05, jnp.float32)
+  padding = convolution.same_padding(5)
+  exact = convolution.conv(x, w, 1, padding)
+  errors = {}
+  for lowering in (convolution.conv, convolution.winograd_conv):
+    y = lowering(x.astype(dtype), w.astype(dtype), 1, padding)
+    assert y.dtype == dtype
+    errors[lowering] = float(jnp.abs(y.astype(jnp.float32) - exact).max())
+  assert errors[convolution.winograd_conv] <= 1.5 * errors[convolution.conv]
+
+
+def test_winograd_refuses_strides_and_tiles_it_cannot_do():
+  x = jnp.zeros((1, 8, 8, 1))
+  with pytest.raises(ValueError, match='stride-1.*not stride 2.*patches'):
+    convolution.winograd_conv(x, jnp.zeros((3, 3, 1, 1)), 2,
+                              convolution.same_padding(3))
+  with pytest.raises(ValueError, match='tile 8 with kernel 5 needs 11'):
+    convolution.winograd_matrices(8, 5)

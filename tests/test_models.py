@@ -209,6 +209,7 @@ def test_paper_init():
     alexnet.AUTO['accelerator'],
     dict(conv1_impl='per_tower', conv_impl='per_tower',
          pool_impl='strided_views', lrn_impl='autodiff'),
+    dict(conv_impl='patches'),
 ])
 def test_matches_reference_values_and_gradients(fields):
   m = alexnet.AlexNet(**SMALL_NET, **fields)
@@ -395,7 +396,9 @@ def test_bad_images_are_refused_before_compiling(shape, match):
     (dict(pool_window=0), 'pool_window'),
     (dict(num_classes=0), 'num_classes'),
     (dict(conv_impl='cudnn'),
-     r"conv_impl 'cudnn'.*\['auto', 'per_tower', 'grouped', 'patches'\]"),
+     r"conv_impl 'cudnn'.*\['auto', 'per_tower', 'grouped', 'patches', "
+     r"'winograd'\]"),
+    (dict(conv1_impl='winograd'), r"conv1_impl 'winograd'.*'patches'\]"),
     (dict(conv1_impl='im2col'), r"conv1_impl 'im2col'.*'patches'"),
     (dict(pool_impl='avg'), r"pool_impl 'avg'.*'reduce_window'"),
     (dict(lrn_impl='tf'), r"lrn_impl 'tf'.*'autodiff'.*'custom_vjp'"),

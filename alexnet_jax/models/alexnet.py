@@ -76,7 +76,7 @@ BIAS_ONE_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 # ``python -m alexnet_jax.benchmark --sweep``).
 IMPLEMENTATIONS = {
     'conv1_impl': ('per_tower', 'grouped', 'patches'),
-    'conv_impl': ('per_tower', 'grouped', 'patches'),  # conv2-conv5
+    'conv_impl': ('per_tower', 'grouped', 'patches', 'winograd'),  # conv2-5
     'pool_impl': tuple(pooling.IMPLEMENTATIONS),
     'lrn_impl': tuple(lrn.IMPLEMENTATIONS),
 }
@@ -85,7 +85,7 @@ AUTO = {
     # a tower (else CPU_NARROW): the patches are the same size whatever the
     # kernel count, and with few kernels writing them costs more than the
     # convolution (docs/design.md, "Per-backend implementations").
-    'cpu': dict(conv1_impl='patches', conv_impl='patches',
+    'cpu': dict(conv1_impl='patches', conv_impl='winograd',
                 pool_impl='separable', lrn_impl='custom_vjp'),
     'accelerator': dict(conv1_impl='grouped', conv_impl='grouped',
                         pool_impl='reduce_window', lrn_impl='autodiff'),
@@ -94,6 +94,9 @@ AUTO = {
 # ran faster as convolutions, 48 and more (the paper's net) as patches.
 PATCHES_MIN_KERNELS = 32
 CPU_NARROW = dict(conv1_impl='grouped', conv_impl='per_tower')
+# The lowerings that are matmuls over rearranged inputs (``convolution.py``).
+MATMUL_LOWERINGS = {'patches': convolution.patches_conv,
+                    'winograd': convolution.winograd_conv}
 
 
 def auto_implementations(backend: str | None = None) -> dict[str, str]:
@@ -190,6 +193,9 @@ class TowerConv(nn.Module):
   * ``'patches'``: one matmul over image patches (``convolution.py``), the
     towers' kernels side by side where they read the same input, one matmul
     per tower where not.
+  * ``'winograd'``: stride 1 only (conv2-conv5); Winograd's minimal
+    filtering (``convolution.py``), its matmuls shared or per tower as for
+    ``'patches'``.
   """
   features: int
   kernel_size: int
@@ -210,11 +216,10 @@ class TowerConv(nn.Module):
     bias = self.param('bias', nn.initializers.constant(self.bias_init_value),
                       (towers, self.features)).astype(self.dtype)
     padding = self.padding or convolution.same_padding(k)
-    lowering = (convolution.patches_conv if self.impl == 'patches'
-                else convolution.conv)
+    lowering = MATMUL_LOWERINGS.get(self.impl, convolution.conv)
     shared = all(x is xs[0] for x in xs)  # conv1, conv3: the same input
     if towers == 1 or self.impl == 'per_tower' or (
-        self.impl == 'patches' and not shared):
+        self.impl in MATMUL_LOWERINGS and not shared):
       return [lowering(x, kernel[t], self.stride, padding) + bias[t]
               for t, x in enumerate(xs)]
     # All towers at once: kernels side by side, (k, k, in, towers * out).
@@ -348,7 +353,7 @@ class AlexNet(nn.Module):
               'conv_impl': min(kernels[f'conv{i}'] for i in range(2, 6))
                            < PATCHES_MIN_KERNELS}
     for name, is_narrow in narrow.items():
-      if auto[name] == 'patches' and is_narrow:
+      if auto[name] in MATMUL_LOWERINGS and is_narrow:
         auto[name] = CPU_NARROW[name]
     return {name: auto[name] if getattr(self, name) == 'auto'
             else getattr(self, name) for name in IMPLEMENTATIONS}
