@@ -6,6 +6,7 @@
         --config=configs/imagenet.py
     python -m alexnet_jax.benchmark --compare --config=configs/imagenet.py \
         --config.batch_size=32
+    python -m alexnet_jax.benchmark --part=conv --config=configs/imagenet.py
     python -m alexnet_jax.benchmark --part=input --config=configs/imagenet.py
     python -m alexnet_jax.benchmark --suite --config=configs/imagenet.py \
         --out=DIR
@@ -36,6 +37,14 @@ and bfloat16, the same split over two devices, two epochs of
 configs/default.py, then each other lowering; without one, the CPU plan
 (batch 32, float32). It writes DIR/suite.json and DIR/suite.md.
 
+``--part=conv`` times each convolution layer of the config's net alone,
+as the one-device train step runs it (both towers; forward, the kernel's
+gradient and, past conv1, the input's) at the config's batch size,
+in every lowering its field allows (``conv1_impl`` for conv1, ``conv_impl``
+for conv2-conv5), all layers and lowerings interleaved: one JSON line per
+layer with the median milliseconds of each, the fastest and what 'auto'
+picks.
+
 ``--part=input`` times the training input alone, on all cores, from
 ImageNet-sized JPEGs to batches on the devices: ``--config.input.source=tfds``
 (the tf.data augmentation of each original image, out in the model's
@@ -62,6 +71,7 @@ import sys
 import tempfile
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 import tensorflow as tf
@@ -77,6 +87,7 @@ from alexnet_jax import prepared
 from alexnet_jax import steps
 from alexnet_jax import synthetic_shapes
 from alexnet_jax import train
+from alexnet_jax.models import alexnet
 from configs import default
 
 FLAGS = flags.FLAGS
@@ -583,6 +594,101 @@ def compare(config, steps: int, warmup: int) -> dict:
   return result
 
 
+def conv_layers(config) -> list[tuple[alexnet.TowerConv, list, bool]]:
+  """Each convolution of the config's net as it is called: the layer (a
+  ``TowerConv``), its inputs' shapes (one per tower) and whether the towers
+  share one input (conv1, conv3). Found by tracing the net's shapes."""
+  model = _model(config)
+  if not isinstance(model, alexnet.AlexNet):
+    raise ValueError(f'--part=conv times the towers\' convolutions of '
+                     f'alexnet; model {config.model.name!r} has none.')
+  layers = []
+
+  def record(call, args, kwargs, context):
+    if (isinstance(context.module, alexnet.TowerConv)
+        and context.method_name == '__call__'):
+      xs = args[0]
+      layers.append((context.module, [x.shape for x in xs],
+                     all(x is xs[0] for x in xs)))
+    return call(*args, **kwargs)
+
+  size = model.image_size
+  images = jax.ShapeDtypeStruct((config.batch_size, size, size, 3),
+                                model.dtype)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                   images)
+  return layers
+
+
+class _ConvRunner:
+  """One layer in one lowering, as the train step runs it: the forward
+  pass and the gradients, the kernel's and (past conv1, whose input is the
+  images) the input's; jitted."""
+
+  def __init__(self, layer: alexnet.TowerConv, shapes: list, shared: bool,
+               impl: str, dtype, first: bool):
+    module = layer.clone(parent=None, name=None, impl=impl)
+    init_key, *keys = jax.random.split(jax.random.key(0), 1 + 2 * len(shapes))
+    self.xs = [jax.random.normal(k, shape, dtype)
+               for k, shape in zip(keys, shapes)]
+    if shared:  # one array, as the net passes it (conv1, conv3)
+      self.xs = [self.xs[0]] * len(shapes)
+    self.params = module.init(init_key, self.xs)
+    out = jax.eval_shape(module.apply, self.params, self.xs)
+    cotangents = [jax.random.normal(k, y.shape, y.dtype)
+                  for k, y in zip(keys[len(shapes):], out)]
+
+    def step(params, xs):
+      # The outputs are returned, so the forward pass is not pruned.
+      if first:
+        ys, vjp = jax.vjp(lambda p: module.apply(p, xs), params)
+      else:
+        ys, vjp = jax.vjp(module.apply, params, xs)
+      return ys, vjp(cotangents)
+
+    self.step = jax.jit(step)
+    jax.block_until_ready(self.step(self.params, self.xs))
+    self.times: list[float] = []
+
+  def run(self, index: int, record: bool) -> None:
+    del index
+    start = time.perf_counter()
+    jax.block_until_ready(self.step(self.params, self.xs))
+    if record:
+      self.times.append(time.perf_counter() - start)
+
+
+def benchmark_convolutions(config, steps: int, warmup: int) -> list[dict]:
+  """``--part=conv``: every lowering of every convolution layer, timed
+  interleaved; one dict per layer."""
+  _check_counts(steps, warmup)
+  _check_batch(config.batch_size)
+  auto = _implementations(_model(config))
+  runs = []
+  for layer, shapes, shared in conv_layers(config):
+    first = layer.name == alexnet.AlexNet.first_layer
+    field = 'conv1_impl' if first else 'conv_impl'
+    runs.append((layer, shapes, shared, field, {
+        impl: _ConvRunner(layer, shapes, shared, impl, layer.dtype, first)
+        for impl in alexnet.IMPLEMENTATIONS[field]}))
+  _interleaved([r for *_, by_impl in runs for r in by_impl.values()], steps,
+               warmup)
+  results = []
+  for layer, shapes, shared, field, by_impl in runs:
+    ms = {impl: round(1e3 * statistics.median(r.times), 2)
+          for impl, r in by_impl.items()}
+    results.append(dict(
+        part='conv', layer=layer.name, batch_size=config.batch_size,
+        input_shape=list(shapes[0]), towers=len(shapes),
+        shared_input=shared, kernel_size=layer.kernel_size,
+        stride=layer.stride, kernels_per_tower=layer.features,
+        ms_forward_and_backward=ms, fastest=min(ms, key=ms.get),
+        auto=auto[field], steps=steps, backend=jax.default_backend(),
+        jax=jax.__version__))
+  return results
+
+
 def benchmark_input(config, steps: int, warmup: int) -> dict:
   """Times the training input from ImageNet-sized JPEGs made here to
   batches on the devices (``global_batch``, the transfer included), on all
@@ -674,7 +780,8 @@ def main(argv):
   modes = [name for name, on in (('--sweep', FLAGS.sweep),
                                  ('--compare', FLAGS.compare),
                                  ('--suite', FLAGS.suite),
-                                 ('--part=input', FLAGS.part == 'input'))
+                                 (f'--part={FLAGS.part}',
+                                  FLAGS.part != 'train'))
            if on]
   if len(modes) > 1:
     raise app.UsageError(f'{" and ".join(modes)} are separate modes; pick '
@@ -688,6 +795,10 @@ def main(argv):
   if FLAGS.part == 'input':
     print(json.dumps(benchmark_input(FLAGS.config, FLAGS.steps,
                                      FLAGS.warmup)), flush=True)
+  elif FLAGS.part == 'conv':
+    for result in benchmark_convolutions(FLAGS.config, FLAGS.steps,
+                                         FLAGS.warmup):
+      print(json.dumps(result), flush=True)
   elif FLAGS.sweep:
     try:
       batch_sizes = [int(b) for b in FLAGS.batch_sizes] or [
@@ -744,7 +855,8 @@ if __name__ == '__main__':
   flags.DEFINE_float('budget_s', SUITE_BUDGET_S, 'Seconds --suite may take; '
                      'what would end later is listed as skipped.')
   flags.DEFINE_enum(
-      'part', 'train', ['train', 'input'],
-      'train: the jitted train step; input: the training augmentation alone.')
+      'part', 'train', ['train', 'conv', 'input'],
+      'train: the jitted train step; conv: each convolution layer alone, in '
+      'every lowering; input: the training augmentation alone.')
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -105,6 +105,31 @@ def test_input_benchmark_from_a_store_sends_uint8(fmt):
   assert tfds['bytes_to_device_per_image'] == 4 * 64 * 64 * 3 + 4
 
 
+def test_conv_part_times_every_layer_in_every_lowering():
+  """Each of the five layers with the shapes the net gives it; 'winograd'
+  for the stride-1 layers only; the fastest is one of those timed."""
+  results = benchmark.benchmark_convolutions(smallest_config(), steps=1,
+                                             warmup=0)
+  assert [r['layer'] for r in results] == [f'conv{i}' for i in range(1, 6)]
+  conv1, conv2, conv3 = results[:3]
+  assert conv1['input_shape'] == [2, 64, 64, 3] and conv1['shared_input']
+  assert (conv1['kernel_size'], conv1['stride']) == (11, 4)
+  assert set(conv1['ms_forward_and_backward']) == {
+      'per_tower', 'grouped', 'patches'}
+  assert conv2['input_shape'][0] == 2 and not conv2['shared_input']
+  assert conv3['shared_input'] and conv3['kernels_per_tower'] == 12
+  for r in results[1:]:
+    assert set(r['ms_forward_and_backward']) == {
+        'per_tower', 'grouped', 'patches', 'winograd'}
+  for r in results:
+    assert r['towers'] == 2 and r['batch_size'] == 2
+    assert all(ms > 0 for ms in r['ms_forward_and_backward'].values())
+    assert r['fastest'] in r['ms_forward_and_backward']
+  assert [r['auto'] for r in results] == ['grouped'] + ['per_tower'] * 4
+  with pytest.raises(ValueError, match="'alexnet_owt' has none"):
+    benchmark.benchmark_convolutions(alexnet_owt.get_config(), 1, 0)
+
+
 def test_sweep_times_each_choice_left_at_auto():
   """Fields set in the config stay fixed; the others' choices are all
   timed; one of them is what 'auto' picks."""
