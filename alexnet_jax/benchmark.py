@@ -630,31 +630,36 @@ class _ConvRunner:
                impl: str, dtype, first: bool):
     module = layer.clone(parent=None, name=None, impl=impl)
     init_key, *keys = jax.random.split(jax.random.key(0), 1 + 2 * len(shapes))
-    self.xs = [jax.random.normal(k, shape, dtype)
-               for k, shape in zip(keys, shapes)]
+    self.inputs = [jax.random.normal(k, shape, dtype)
+                   for k, shape in zip(keys, shapes)]
     if shared:  # one array, as the net passes it (conv1, conv3)
-      self.xs = [self.xs[0]] * len(shapes)
-    self.params = module.init(init_key, self.xs)
-    out = jax.eval_shape(module.apply, self.params, self.xs)
+      self.inputs = self.inputs[:1]
+
+    def towers(inputs):  # the list the layer takes; shared: one array twice
+      return inputs * len(shapes) if shared else inputs
+
+    self.params = module.init(init_key, towers(self.inputs))
+    out = jax.eval_shape(module.apply, self.params, towers(self.inputs))
     cotangents = [jax.random.normal(k, y.shape, y.dtype)
                   for k, y in zip(keys[len(shapes):], out)]
 
-    def step(params, xs):
+    def step(params, inputs):
       # The outputs are returned, so the forward pass is not pruned.
       if first:
-        ys, vjp = jax.vjp(lambda p: module.apply(p, xs), params)
+        ys, vjp = jax.vjp(lambda p: module.apply(p, towers(inputs)), params)
       else:
-        ys, vjp = jax.vjp(module.apply, params, xs)
+        ys, vjp = jax.vjp(lambda p, x: module.apply(p, towers(x)), params,
+                          inputs)
       return ys, vjp(cotangents)
 
     self.step = jax.jit(step)
-    jax.block_until_ready(self.step(self.params, self.xs))
+    jax.block_until_ready(self.step(self.params, self.inputs))
     self.times: list[float] = []
 
   def run(self, index: int, record: bool) -> None:
     del index
     start = time.perf_counter()
-    jax.block_until_ready(self.step(self.params, self.xs))
+    jax.block_until_ready(self.step(self.params, self.inputs))
     if record:
       self.times.append(time.perf_counter() - start)
 

@@ -15,18 +15,20 @@
   a ``(tile + k - 1)``-square block of inputs with ``(tile + k - 1)**2``
   multiplications per channel pair instead of ``tile**2 * k**2``, as that
   many matmuls over all blocks. The transforms are fixed linear maps, so
-  again autodiff gives both gradients, themselves Winograd products.
+  autodiff gives both gradients, themselves Winograd products; only the
+  input transform's transpose is written out (see ``_block_transform``).
 
-Why both: XLA:CPU runs AlexNet's convolutions well below its matmul rate,
+Why several: XLA:CPU runs AlexNet's convolutions well below its matmul rate,
 above all conv1 (3 input channels, 11x11, stride 4) and conv2's backward
 pass; as patches every layer of the paper's net trained 1.2x (conv3) to 4x
 (conv1) faster on a 2-core CPU (docs/design.md, "Per-backend
 implementations"). With few kernels a layer, writing the patches costs
 more than it saves. On GPU and TPU the native convolution is the one to
-use. Winograd then cuts the stride-1 layers' (conv2-conv5) arithmetic by
-2x (3x3 kernels, 2x2 tiles) and 2.6x (5x5, 3x3 tiles), which more than pays
-for its transforms on the CPU (docs/design.md). ``models/alexnet.py``
-chooses per layer width and backend.
+use. Winograd then cuts the multiplications of the stride-1 layers
+(conv2-conv5, 13x13 and 27x27 maps) by 1.9x (3x3 kernels, 2x2 tiles) and
+5.8x (5x5, 4x4 tiles), which more than pays for its transforms on the CPU:
+conv2 to conv5 ran 1.4-1.7x faster than as patches (docs/design.md).
+``models/alexnet.py`` chooses per layer width and backend.
 """
 
 from __future__ import annotations
@@ -103,11 +105,13 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
           @ jnp.concatenate(weights, axis=0))
 
 
-# Winograd's output tile per kernel size, the fastest measured on the
-# 2-core CPU (docs/design.md): larger tiles need fewer multiplications but
-# more transform work and lose float32 digits (2x2 tiles: errors as the
-# plain convolution's; 4x4: 10x larger).
-WINOGRAD_TILES = {3: 2, 5: 3}
+# Winograd's output tile per kernel size, measured on the 2-core CPU
+# (forward and backward, the paper's shapes): larger tiles need fewer
+# multiplications but more transform work and lose float32 digits. 3x3:
+# tiles of 2, 3 and 4 ran within 5% of each other, and 2 keeps the plain
+# convolution's error (2e-6 relative; 4: 1e-5). 5x5: 2 took twice as long
+# as 3, and 4 was 8% faster than 3 at the same error (6e-6).
+WINOGRAD_TILES = {3: 2, 5: 4}
 # Interpolation points, in the order Lavin and Gray take them; the point
 # at infinity comes last in every matrix.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0)
@@ -214,7 +218,7 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
   """``conv(x, kernel, 1, padding)`` by Winograd's F(tile x tile, k x k).
 
   Same values as :func:`conv` up to float rounding (the transforms add
-  a few ulps: about 2e-6 relative for conv3's shape, 8e-6 for conv2's) and
+  a few ulps: about 2e-6 relative for conv3's shape, 6e-6 for conv2's) and
   the same gradients. The tile is ``WINOGRAD_TILES[k]``. It computes in
   float32 whatever the input type: in bfloat16 the transforms' rounding
   made 8% errors with 5x5 kernels, 26x those of the bfloat16 convolution.

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from alexnet_jax import benchmark
@@ -128,6 +130,18 @@ def test_conv_part_times_every_layer_in_every_lowering():
   assert [r['auto'] for r in results] == ['grouped'] + ['per_tower'] * 4
   with pytest.raises(ValueError, match="'alexnet_owt' has none"):
     benchmark.benchmark_convolutions(alexnet_owt.get_config(), 1, 0)
+
+
+def test_conv_part_passes_a_shared_input_once():
+  """As in the net, conv3's towers get one array: 'grouped' is then one
+  convolution with both towers' kernels, not a grouped one."""
+  layer, shapes, shared = benchmark.conv_layers(smallest_config())[2]
+  runner = benchmark._ConvRunner(layer, shapes, shared, 'grouped',
+                                 jnp.float32, first=False)
+  assert layer.name == 'conv3' and shared and len(runner.inputs) == 1
+  jaxpr = str(jax.make_jaxpr(runner.step)(runner.params, runner.inputs))
+  assert 'feature_group_count=1' in jaxpr
+  assert 'feature_group_count=2' not in jaxpr
 
 
 def test_sweep_times_each_choice_left_at_auto():
