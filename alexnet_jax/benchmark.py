@@ -6,7 +6,8 @@
         --config=configs/imagenet.py
     python -m alexnet_jax.benchmark --compare --config=configs/imagenet.py \
         --config.batch_size=32
-    python -m alexnet_jax.benchmark --part=conv --config=configs/imagenet.py
+    python -m alexnet_jax.benchmark --part=conv --config=configs/imagenet.py \
+        [--compare]
     python -m alexnet_jax.benchmark --part=input --config=configs/imagenet.py
     python -m alexnet_jax.benchmark --suite --config=configs/imagenet.py \
         --out=DIR
@@ -43,7 +44,10 @@ gradient and, past conv1, the input's) at the config's batch size,
 in every lowering its field allows (``conv1_impl`` for conv1, ``conv_impl``
 for conv2-conv5), all layers and lowerings interleaved: one JSON line per
 layer with the median milliseconds of each, the fastest and what 'auto'
-picks.
+picks. With ``--compare`` (the paper net only) each layer of
+experiments/pytorch_baseline.py's net is timed in turn too, and the line
+adds ``pytorch_ms`` and ``speedup_vs_pytorch`` (PyTorch's time over that
+of the lowering 'auto' picks).
 
 ``--part=input`` times the training input alone, on all cores, from
 ImageNet-sized JPEGs to batches on the devices: ``--config.input.source=tfds``
@@ -233,7 +237,7 @@ def sweep_variants(config) -> list[dict[str, str]]:
 def one_at_a_time_variants(config) -> list[dict[str, str]]:
   """What 'auto' picks (``{}``), then each other choice of each field of
   ``sweep_variants`` with the rest at auto: 1 + the choices not taken, not
-  their product (36 for the paper net), for plans with many batch sizes."""
+  their product (72 for the paper net), for plans with many batch sizes."""
   auto = _implementations(_model(config))
   fields = {name for variant in sweep_variants(config) for name in variant}
   choices = models.get(config.model.name).implementation_choices
@@ -281,9 +285,9 @@ def _with(config, **fields):
   return config
 
 
-def _model(config):
+def _model(config, **overrides):
   """The config's model (a function: the callers' ``steps`` is a count)."""
-  return steps.create_model(config.model)
+  return steps.create_model(config.model, **overrides)
 
 
 def fastest_table(results: list[dict]) -> str:
@@ -506,8 +510,8 @@ class _PyTorchRunner:
   (its own heap and thread pool), on request: ``run`` and ``median_s`` as
   ``_Runner``'s, so the two interleave step by step."""
 
-  def __init__(self, process: subprocess.Popen, use_lrn: bool):
-    self.process, self.request = process, 'lrn' if use_lrn else 'no_lrn'
+  def __init__(self, process: subprocess.Popen, request: str):
+    self.process, self.request = process, request  # see its serve()
     self.times: list[float] = []
 
   def run(self, index: int, record: bool) -> None:
@@ -523,6 +527,19 @@ class _PyTorchRunner:
   @property
   def median_s(self) -> float:
     return statistics.median(self.times)
+
+
+def _check_paper_net(config, flag: str) -> None:
+  """The PyTorch port is the paper net at full size, nothing else."""
+  model = _model(config)
+  paper = (config.model.name == 'alexnet' and model.towers == 2
+           and model.width == 1.0 and model.image_size == 224
+           and model.num_classes == 1000 and model.activation == 'relu')
+  if not paper:
+    raise ValueError(
+        'experiments/pytorch_baseline.py is the paper net (alexnet, towers=2, '
+        f'width=1.0, image_size=224, num_classes=1000, relu) only; {flag} '
+        f'needs that config, got model {config.model.to_dict()}.')
 
 
 def _start_baseline(batch_size: int) -> tuple[subprocess.Popen, dict]:
@@ -556,20 +573,13 @@ def compare(config, steps: int, warmup: int) -> dict:
   """
   _check_counts(steps, warmup)
   _check_batch(config.batch_size)
-  model = _model(config)
-  paper = (config.model.name == 'alexnet' and model.towers == 2
-           and model.width == 1.0 and model.image_size == 224
-           and model.num_classes == 1000 and model.activation == 'relu')
-  if not paper:
-    raise ValueError(
-        'experiments/pytorch_baseline.py is the paper net (alexnet, towers=2, '
-        'width=1.0, image_size=224, num_classes=1000, relu) only; --compare '
-        f'needs that config, got model {config.model.to_dict()}.')
+  _check_paper_net(config, '--compare')
   _check_lrn(config, '--compare')
   ours = [_Runner(config), _Runner(config, use_lrn=False)]
   process, framework = _start_baseline(config.batch_size)
   try:
-    theirs = [_PyTorchRunner(process, True), _PyTorchRunner(process, False)]
+    theirs = [_PyTorchRunner(process, 'lrn'),
+              _PyTorchRunner(process, 'no_lrn')]
     # Each process's turn starts with an untimed step. With huge pages, our
     # first step after PyTorch's turn measured about 1 s slower than our
     # next (2-core VM, batch 32; whichever net went first; a sleep or a
@@ -640,11 +650,13 @@ class _ConvRunner:
 
     self.params = module.init(init_key, towers(self.inputs))
     out = jax.eval_shape(module.apply, self.params, towers(self.inputs))
-    cotangents = [jax.random.normal(k, y.shape, y.dtype)
-                  for k, y in zip(keys[len(shapes):], out)]
+    self.cotangents = [jax.random.normal(k, y.shape, y.dtype)
+                       for k, y in zip(keys[len(shapes):], out)]
 
-    def step(params, inputs):
-      # The outputs are returned, so the forward pass is not pruned.
+    def step(params, inputs, cotangents):
+      # The outputs are returned, so the forward pass is not pruned; the
+      # cotangents are arguments, not constants XLA could fold into the
+      # backward pass at compile time.
       if first:
         ys, vjp = jax.vjp(lambda p: module.apply(p, towers(inputs)), params)
       else:
@@ -653,44 +665,77 @@ class _ConvRunner:
       return ys, vjp(cotangents)
 
     self.step = jax.jit(step)
-    jax.block_until_ready(self.step(self.params, self.inputs))
+    self.args = (self.params, self.inputs, self.cotangents)
+    jax.block_until_ready(self.step(*self.args))
     self.times: list[float] = []
 
   def run(self, index: int, record: bool) -> None:
     del index
     start = time.perf_counter()
-    jax.block_until_ready(self.step(self.params, self.inputs))
+    jax.block_until_ready(self.step(*self.args))
     if record:
       self.times.append(time.perf_counter() - start)
 
+  @property
+  def median_s(self) -> float:
+    return statistics.median(self.times)
 
-def benchmark_convolutions(config, steps: int, warmup: int) -> list[dict]:
+
+def benchmark_convolutions(config, steps: int, warmup: int,
+                           against_pytorch: bool = False) -> list[dict]:
   """``--part=conv``: every lowering of every convolution layer, timed
-  interleaved; one dict per layer."""
+  interleaved (and PyTorch's layer, in its own process, with
+  ``against_pytorch``); one dict per layer."""
   _check_counts(steps, warmup)
   _check_batch(config.batch_size)
-  auto = _implementations(_model(config))
+  layers = conv_layers(config)
+  if against_pytorch:
+    _check_paper_net(config, '--part=conv --compare')
+  # What 'auto' picks here, whatever the config sets.
+  auto = _implementations(_model(config, conv1_impl='auto',
+                                 conv_impl='auto'))
   runs = []
-  for layer, shapes, shared in conv_layers(config):
+  for layer, shapes, shared in layers:
     first = layer.name == alexnet.AlexNet.first_layer
     field = 'conv1_impl' if first else 'conv_impl'
     runs.append((layer, shapes, shared, field, {
         impl: _ConvRunner(layer, shapes, shared, impl, layer.dtype, first)
         for impl in alexnet.IMPLEMENTATIONS[field]}))
-  _interleaved([r for *_, by_impl in runs for r in by_impl.values()], steps,
-               warmup)
+  ours = [r for *_, by_impl in runs for r in by_impl.values()]
+  theirs = {}
+  if against_pytorch:
+    process, framework = _start_baseline(config.batch_size)
+    try:
+      theirs = {layer.name: _PyTorchRunner(process, layer.name)
+                for layer, *_ in runs}
+      # Settling steps before each process's turn, as in ``compare``.
+      _interleaved([_Untimed(ours[0]), *ours,
+                    _Untimed(next(iter(theirs.values()))), *theirs.values()],
+                   steps, warmup)
+    finally:
+      process.stdin.close()
+      process.wait()
+  else:
+    _interleaved(ours, steps, warmup)
   results = []
   for layer, shapes, shared, field, by_impl in runs:
     ms = {impl: round(1e3 * statistics.median(r.times), 2)
           for impl, r in by_impl.items()}
-    results.append(dict(
+    result = dict(
         part='conv', layer=layer.name, batch_size=config.batch_size,
         input_shape=list(shapes[0]), towers=len(shapes),
         shared_input=shared, kernel_size=layer.kernel_size,
         stride=layer.stride, kernels_per_tower=layer.features,
         ms_forward_and_backward=ms, fastest=min(ms, key=ms.get),
         auto=auto[field], steps=steps, backend=jax.default_backend(),
-        jax=jax.__version__))
+        jax=jax.__version__)
+    if against_pytorch:
+      pytorch_s = theirs[layer.name].median_s
+      result.update(
+          pytorch=framework, pytorch_ms=round(1e3 * pytorch_s, 2),
+          speedup_vs_pytorch=round(
+              pytorch_s / by_impl[auto[field]].median_s, 3))
+    results.append(result)
   return results
 
 
@@ -783,7 +828,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   modes = [name for name, on in (('--sweep', FLAGS.sweep),
-                                 ('--compare', FLAGS.compare),
+                                 # --part=conv --compare: its layers
+                                 ('--compare', FLAGS.compare
+                                  and FLAGS.part != 'conv'),
                                  ('--suite', FLAGS.suite),
                                  (f'--part={FLAGS.part}',
                                   FLAGS.part != 'train'))
@@ -802,7 +849,7 @@ def main(argv):
                                      FLAGS.warmup)), flush=True)
   elif FLAGS.part == 'conv':
     for result in benchmark_convolutions(FLAGS.config, FLAGS.steps,
-                                         FLAGS.warmup):
+                                         FLAGS.warmup, FLAGS.compare):
       print(json.dumps(result), flush=True)
   elif FLAGS.sweep:
     try:
@@ -848,7 +895,8 @@ if __name__ == '__main__':
                     'the config\'s).')
   flags.DEFINE_bool('compare', False,
                     'Time the paper net against experiments/pytorch_baseline.py'
-                    ', with and without LRN, interleaved; print both ratios.')
+                    ', with and without LRN, interleaved; print both ratios '
+                    '(with --part=conv: each convolution layer).')
   flags.DEFINE_bool('suite', False,
                     'Measure this machine: the sweep at several batch sizes '
                     'and dtypes, the split, two epochs of configs/default.py '

@@ -26,13 +26,14 @@ implementations"). With few kernels a layer, writing the patches costs
 more than it saves. On GPU and TPU the native convolution is the one to
 use. Winograd then cuts the multiplications of the stride-1 layers
 (conv2-conv5, 13x13 and 27x27 maps) by 1.9x (3x3 kernels, 2x2 tiles) and
-5.8x (5x5, 4x4 tiles), which more than pays for its transforms on the CPU:
-conv2 to conv5 ran 1.4-1.7x faster than as patches (docs/design.md).
+5.8x (5x5, 4x4 tiles), which more than pays for its transforms on the CPU
+(docs/design.md, "Winograd for conv2-conv5").
 ``models/alexnet.py`` chooses per layer width and backend.
 """
 
 from __future__ import annotations
 
+import fractions
 import functools
 from typing import Sequence
 
@@ -61,6 +62,10 @@ def same_padding(kernel_size: int) -> tuple[tuple[int, int], ...]:
   return ((total // 2, total - total // 2),) * 2
 
 
+def _cdiv(a: int, b: int) -> int:
+  return -(-a // b)
+
+
 def output_size(size: int, kernel_size: int, stride: int,
                 pad: tuple[int, int]) -> int:
   return (size + pad[0] + pad[1] - kernel_size) // stride + 1
@@ -78,7 +83,7 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
   s = stride
   out_h = output_size(h, k, s, padding[0])
   out_w = output_size(w, k, s, padding[1])
-  blocks = -(-k // s)  # kernel extent in blocks
+  blocks = _cdiv(k, s)  # kernel extent in blocks
   # Rows/columns the blocks need: pad (or crop rows no output reads).
   need_h, need_w = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
   x = lax.pad(x, jnp.zeros((), x.dtype), [
@@ -149,7 +154,11 @@ def winograd_matrices(tile: int, kernel_size: int
   at = evaluate(tile).T
   g = evaluate(kernel_size) / scale[:, None]
   bt = np.linalg.inv(evaluate(n)).T * scale[:, None]
-  return at, g, bt
+  # The entries are small fractions; the inverse leaves them an ulp off
+  # (0.9999999999999998 for 1), which would cost a multiply in _combine.
+  exact = np.vectorize(
+      lambda v: float(fractions.Fraction(v).limit_denominator(1 << 12)))
+  return exact(at), exact(g), exact(bt)
 
 
 def _combine(coefficients: np.ndarray, terms: Sequence[jax.Array]
@@ -219,26 +228,35 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
 
   Same values as :func:`conv` up to float rounding (the transforms add
   a few ulps: about 2e-6 relative for conv3's shape, 6e-6 for conv2's) and
-  the same gradients. The tile is ``WINOGRAD_TILES[k]``. It computes in
-  float32 whatever the input type: in bfloat16 the transforms' rounding
-  made 8% errors with 5x5 kernels, 26x those of the bfloat16 convolution.
+  the same gradients (reverse mode only: the input transform's backward is
+  a ``custom_vjp``, so ``jax.jvp`` through the input is refused). The tile
+  is ``WINOGRAD_TILES[k]``; other kernel sizes are refused. It computes in
+  float32 (or wider) whatever the input type: in bfloat16 the transforms'
+  rounding made 8% errors with 5x5 kernels, 26x those of the bfloat16
+  convolution.
   """
   n_images, h, w, channels = x.shape
   k, _, _, features = kernel.shape
   if stride != 1:
     raise ValueError(f'winograd_conv computes stride-1 convolutions, not '
                      f'stride {stride}; use patches_conv or conv.')
-  dtype, x, kernel = x.dtype, x.astype(jnp.float32), kernel.astype(
-      jnp.float32)
-  tile = WINOGRAD_TILES.get(k, 2)
+  if k not in WINOGRAD_TILES:
+    raise ValueError(f'winograd_conv has tiles for kernel sizes '
+                     f'{sorted(WINOGRAD_TILES)} (WINOGRAD_TILES); got {k}. '
+                     f'Add an entry (and check its error), or use '
+                     f'patches_conv.')
+  dtype = x.dtype
+  compute = jnp.promote_types(dtype, jnp.float32)  # float64 stays float64
+  x, kernel = x.astype(compute), kernel.astype(compute)
+  tile = WINOGRAD_TILES[k]
   at, g, _ = winograd_matrices(tile, k)
   n = tile + k - 1
   out_h = output_size(h, k, 1, padding[0])
   out_w = output_size(w, k, 1, padding[1])
-  tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
+  tiles_h, tiles_w = _cdiv(out_h, tile), _cdiv(out_w, tile)
   # Rows (columns) the blocks read, padded to whole phases.
-  need_h = (tiles_h + -(-(k - 1) // tile)) * tile
-  need_w = (tiles_w + -(-(k - 1) // tile)) * tile
+  need_h = (tiles_h + _cdiv(k - 1, tile)) * tile
+  need_w = (tiles_w + _cdiv(k - 1, tile)) * tile
   x = lax.pad(x, 0.0, [
       (0, 0, 0),
       (padding[0][0], need_h - h - padding[0][0], 0),
@@ -249,7 +267,7 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
        for col in _block_transform(row, k, tile, 2, tiles_w)]
   v = jnp.stack(v).reshape(n * n, -1, channels)
   # G g G^T: (n*n, c, features), once per call.
-  g = jnp.asarray(g, jnp.float32)
+  g = jnp.asarray(g, compute)
   u = jnp.einsum('ar,rsco,bs->abco', g, kernel, g)
   u = u.reshape(n * n, channels, features)
   # The n*n products, each summed over channels: one batched matmul.

@@ -14,7 +14,9 @@ torch alone, and by its path, from anywhere.
 
 Prints one JSON line: the median train step (forward, backward, SGD with
 momentum and weight decay) with LRN and without, steps alternating so both
-see the same machine load. The net is the paper's as cuda-convnet and Caffe
+see the same machine load. ``--serve`` steps on request instead, for
+``alexnet_jax.benchmark --compare`` (the whole step) and ``--part=conv
+--compare`` (each convolution alone). The net is the paper's as cuda-convnet and Caffe
 write it on one device: conv2, conv4 and conv5 as grouped convolutions
 (groups=2), LRN inside each group's channels (PyTorch's LocalResponseNorm
 divides alpha by the window, so the paper's 1e-4 per term is alpha=5e-4
@@ -90,20 +92,58 @@ class Runner:
     return statistics.median(self.times)
 
 
+class ConvRunner:
+  """One convolution layer of the net alone, as its train step runs it:
+  forward, then the kernel's and bias's gradients and (past conv1, whose
+  input is the images) the input's; ``run`` as ``Runner``'s."""
+
+  def __init__(self, conv: nn.Conv2d, input_shape: tuple, first: bool):
+    self.conv = conv
+    self.x = torch.randn(input_shape, requires_grad=not first)
+    with torch.no_grad():
+      self.cotangent = torch.randn_like(conv(self.x))
+    self.times = []
+
+  def run(self, index: int, record: bool) -> None:
+    del index
+    start = time.perf_counter()
+    self.conv.zero_grad(set_to_none=True)
+    self.x.grad = None
+    self.conv(self.x).backward(self.cotangent)
+    if record:
+      self.times.append(time.perf_counter() - start)
+
+
+def conv_runners(model: nn.Module, batch_size: int) -> dict:
+  """``{'conv1': ConvRunner, ...}`` for the net's convolutions in order,
+  each with the input shape the net gives it (conv1's: the padded images)."""
+  shapes = []
+  convs = [m for m in model if isinstance(m, nn.Conv2d)]
+  hooks = [c.register_forward_pre_hook(
+      lambda module, args: shapes.append(tuple(args[0].shape)))
+           for c in convs]
+  with torch.no_grad():
+    model(torch.zeros(batch_size, 3, 224, 224))
+  for hook in hooks:
+    hook.remove()
+  return {f'conv{i + 1}': ConvRunner(conv, shape, first=i == 0)
+          for i, (conv, shape) in enumerate(zip(convs, shapes))}
+
+
 def framework() -> dict:
   return dict(framework=f'pytorch {torch.__version__}',
               threads=torch.get_num_threads())
 
 
 def serve(runs: dict) -> None:
-  """Steps on request, for ``alexnet_jax.benchmark --compare``: prints one
-  JSON line with the framework, then reads lines ``lrn`` or ``no_lrn`` from
-  stdin and answers each with the seconds of one such step (so that another
-  process can interleave its own steps with these, each process idle while
-  the other runs)."""
+  """Steps on request, for ``alexnet_jax.benchmark``: prints one JSON line
+  with the framework, then reads lines naming a runner (``lrn``, ``no_lrn``,
+  ``conv1`` ... ``conv5``) from stdin and answers each with the seconds of
+  one step of it (so that another process can interleave its own steps with
+  these, each process idle while the other runs)."""
   print(json.dumps(framework()), flush=True)
   for line in sys.stdin:
-    runner = runs[line.strip() == 'lrn']
+    runner = runs[line.strip()]
     runner.run(0, record=True)
     print(runner.times[-1], flush=True)
 
@@ -117,16 +157,16 @@ def main():
                       help='step on request from stdin (see serve)')
   args = parser.parse_args()
   torch.manual_seed(0)
-  runs = {use_lrn: Runner(use_lrn, args.batch_size)
-          for use_lrn in (True, False)}
-  assert sum(p.numel() for p in runs[True].model.parameters()) == 60_965_224
+  runs = {'lrn': Runner(True, args.batch_size),
+          'no_lrn': Runner(False, args.batch_size)}
+  assert sum(p.numel() for p in runs['lrn'].model.parameters()) == 60_965_224
   if args.serve:
-    serve(runs)
+    serve({**runs, **conv_runners(runs['lrn'].model, args.batch_size)})
     return
   for i in range(args.warmup + args.steps):
     for runner in runs.values():  # alternating: the same machine load
       runner.run(i, record=i >= args.warmup)
-  with_lrn, without = runs[True].median_s, runs[False].median_s
+  with_lrn, without = runs['lrn'].median_s, runs['no_lrn'].median_s
   print(json.dumps(dict(
       **framework(), batch_size=args.batch_size, steps=args.steps,
       images_per_sec=round(args.batch_size / with_lrn, 2),

@@ -139,7 +139,7 @@ def test_conv_part_passes_a_shared_input_once():
   runner = benchmark._ConvRunner(layer, shapes, shared, 'grouped',
                                  jnp.float32, first=False)
   assert layer.name == 'conv3' and shared and len(runner.inputs) == 1
-  jaxpr = str(jax.make_jaxpr(runner.step)(runner.params, runner.inputs))
+  jaxpr = str(jax.make_jaxpr(runner.step)(*runner.args))
   assert 'feature_group_count=1' in jaxpr
   assert 'feature_group_count=2' not in jaxpr
 
@@ -226,6 +226,24 @@ def test_untimed_steps_run_but_are_never_recorded():
 def test_compare_needs_the_paper_net():
   with pytest.raises(ValueError, match='paper net.*width=1.0'):
     benchmark.compare(smallest_config(), steps=1, warmup=0)
+  with pytest.raises(ValueError, match='paper net.*--part=conv --compare'):
+    benchmark.benchmark_convolutions(smallest_config(), steps=1, warmup=0,
+                                     against_pytorch=True)
+
+
+def test_conv_part_against_pytorch_times_the_same_layers():
+  """The paper net at batch 1: each layer has PyTorch's time, and the
+  ratio is over the lowering 'auto' picks."""
+  config = imagenet.get_config()
+  config.batch_size = 1
+  results = benchmark.benchmark_convolutions(config, steps=1, warmup=0,
+                                             against_pytorch=True)
+  assert [r['layer'] for r in results] == [f'conv{i}' for i in range(1, 6)]
+  for r in results:
+    assert r['pytorch']['framework'].startswith('pytorch ')
+    ours = r['ms_forward_and_backward'][r['auto']]
+    assert r['speedup_vs_pytorch'] == pytest.approx(r['pytorch_ms'] / ours,
+                                                    rel=0.05)
 
 
 def test_one_at_a_time_variants_change_one_field_from_auto():
@@ -233,8 +251,8 @@ def test_one_at_a_time_variants_change_one_field_from_auto():
   variants = benchmark.one_at_a_time_variants(config)
   auto = benchmark._model(config).implementations()
   assert variants[0] == {}
-  # Every choice auto does not take, once, alone: 1 + 2 + 2 + 2 + 1.
-  assert len(variants) == 8
+  # Every choice auto does not take, once, alone: 1 + 2 + 3 + 2 + 1.
+  assert len(variants) == 9
   for variant in variants[1:]:
     (name, value), = variant.items()
     assert value != auto[name]
@@ -268,7 +286,7 @@ def test_suite_runs_its_plan_and_writes_json_and_markdown(tiny_data_dir,
   epochs = results['default_config']
   assert epochs['epochs'] == 1 and epochs['steps'] == 10  # 200 / 20
   assert 0 <= epochs['top1_error'] <= 1
-  assert len(results['skipped']) == 7 and all(
+  assert len(results['skipped']) == 8 and all(
       s.startswith('sweep batch 2 bfloat16 {') for s in results['skipped'])
   assert reported == results['sweep'] + results['split'] + [epochs]
   written = json.loads((tmp_path / 'suite.json').read_text())

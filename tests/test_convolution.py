@@ -30,10 +30,10 @@ def test_patches_equal_xla_convolution(shape, kernel, features, stride,
 @pytest.mark.parametrize('shape,kernel,features,padding', [
     ((2, 13, 13, 6), 3, 5, convolution.same_padding(3)),  # conv3-5's form
     ((2, 27, 27, 4), 5, 3, convolution.same_padding(5)),  # conv2's
-    ((2, 6, 6, 3), 5, 2, convolution.same_padding(5)),  # configs/default.py
+    ((2, 6, 6, 3), 5, 2, convolution.same_padding(5)),  # map < one tile
     ((1, 10, 7, 2), 3, 2, ((0, 0), (0, 0))),  # 'VALID', uneven tiles
     ((1, 9, 11, 2), 3, 3, ((2, 0), (1, 2))),  # uneven padding
-    ((1, 12, 12, 2), 4, 2, convolution.same_padding(4)),  # no tile entry: 2
+    ((1, 5, 4, 1), 3, 2, ((4, 1), (0, 3))),  # padding wider than the kernel
     ((1, 3, 3, 2), 3, 2, convolution.same_padding(3)),  # one partial tile
 ])
 def test_winograd_equals_xla_convolution(shape, kernel, features, padding):
@@ -90,24 +90,25 @@ def test_winograd_matrices_compute_a_correlation(tile, kernel):
 
 def test_winograd_matrices_for_4x4_tiles_are_lavin_and_grays():
   """F(4, 3) as printed in Lavin and Gray (2016), section 4.2 (the same
-  points in the same order: 0, 1, -1, 2, -2, infinity)."""
+  points in the same order: 0, 1, -1, 2, -2, infinity), entry for entry:
+  no 0.9999999999999998 for 1, which would cost a multiply."""
   at, g, bt = convolution.winograd_matrices(4, 3)
-  np.testing.assert_allclose(bt, [[4, 0, -5, 0, 1, 0],
-                                  [0, -4, -4, 1, 1, 0],
-                                  [0, 4, -4, -1, 1, 0],
-                                  [0, -2, -1, 2, 1, 0],
-                                  [0, 2, -1, -2, 1, 0],
-                                  [0, 4, 0, -5, 0, 1]], atol=1e-12)
-  np.testing.assert_allclose(g, [[1 / 4, 0, 0],
-                                 [-1 / 6, -1 / 6, -1 / 6],
-                                 [-1 / 6, 1 / 6, -1 / 6],
-                                 [1 / 24, 1 / 12, 1 / 6],
-                                 [1 / 24, -1 / 12, 1 / 6],
-                                 [0, 0, 1]], atol=1e-12)
-  np.testing.assert_allclose(at, [[1, 1, 1, 1, 1, 0],
-                                  [0, 1, -1, 2, -2, 0],
-                                  [0, 1, 1, 4, 4, 0],
-                                  [0, 1, -1, 8, -8, 1]], atol=1e-12)
+  np.testing.assert_array_equal(bt, [[4, 0, -5, 0, 1, 0],
+                                     [0, -4, -4, 1, 1, 0],
+                                     [0, 4, -4, -1, 1, 0],
+                                     [0, -2, -1, 2, 1, 0],
+                                     [0, 2, -1, -2, 1, 0],
+                                     [0, 4, 0, -5, 0, 1]])
+  np.testing.assert_array_equal(g, [[1 / 4, 0, 0],
+                                    [-1 / 6, -1 / 6, -1 / 6],
+                                    [-1 / 6, 1 / 6, -1 / 6],
+                                    [1 / 24, 1 / 12, 1 / 6],
+                                    [1 / 24, -1 / 12, 1 / 6],
+                                    [0, 0, 1]])
+  np.testing.assert_array_equal(at, [[1, 1, 1, 1, 1, 0],
+                                     [0, 1, -1, 2, -2, 0],
+                                     [0, 1, 1, 4, 4, 0],
+                                     [0, 1, -1, 8, -8, 1]])
 
 
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
@@ -133,5 +134,8 @@ def test_winograd_refuses_strides_and_tiles_it_cannot_do():
   with pytest.raises(ValueError, match='stride-1.*not stride 2.*patches'):
     convolution.winograd_conv(x, jnp.zeros((3, 3, 1, 1)), 2,
                               convolution.same_padding(3))
+  with pytest.raises(ValueError, match=r'kernel sizes \[3, 5\].*got 4'):
+    convolution.winograd_conv(x, jnp.zeros((4, 4, 1, 1)), 1,
+                              convolution.same_padding(4))
   with pytest.raises(ValueError, match='tile 8 with kernel 5 needs 11'):
     convolution.winograd_matrices(8, 5)

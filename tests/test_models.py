@@ -267,6 +267,17 @@ def test_split_code_path_matches_one_device(impls):
     one, both = run(train)
     np.testing.assert_allclose(both[0], one, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(both[1], one, rtol=1e-5, atol=1e-6)
+  # And every parameter's gradient, through the crossings' collectives.
+  probe = jax.random.normal(jax.random.key(3), one.shape)
+  g_one = jax.grad(lambda p: jnp.vdot(
+      m.apply({'params': p}, x, train=False), probe))(params)
+  g_split = jax.grad(lambda p: jnp.vdot(split_run(p, False)[0], probe))(
+      per_tower)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_one),
+                          jax.tree.leaves(g_split)):
+    np.testing.assert_allclose(b.reshape(a.shape), a, rtol=1e-4,
+                               atol=1e-5 * np.abs(a).max(),
+                               err_msg=jax.tree_util.keystr(path))
 
 
 def test_dropout_only_in_training_and_deterministic():
