@@ -16,7 +16,8 @@
   multiplications per channel pair instead of ``tile**2 * k**2``, as that
   many matmuls over all blocks. The transforms are fixed linear maps, so
   autodiff gives both gradients, themselves Winograd products; only the
-  input transform's transpose is written out (see ``_block_transform``).
+  transforms' transposes are written out (``_block_transform``,
+  ``_output_transform``), so that XLA:CPU runs them in stages.
 
 Why several: XLA:CPU runs AlexNet's convolutions well below its matmul rate,
 above all conv1 (3 input channels, 11x11, stride 4) and conv2's backward
