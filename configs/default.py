@@ -31,8 +31,9 @@ training images an epoch; see docs/results.md):
 * 30 epochs: with the init above the error falls from the first epoch on;
   40 epochs (the count before that init) took 351 s for seed 0 (2.7%),
   30 took 265-289 s for seeds 0-2 (3.7-3.85%; 2026-12-05, the machine
-  about 1.5x slower that day than on 2026-12-02), and 313-322 s that
-  afternoon, the machine slower again (the code before, 350 s).
+  about 1.5x slower that day than on 2026-12-02), 313-322 s that
+  afternoon, the machine slower again (the code before, 350 s), and
+  250-273 s in a session after that.
 * No dropout, and a cosine schedule with 2 warm-up epochs at twice the
   paper's rate instead of the plateau rule: the paper reports that dropout
   doubles the iterations needed to converge, and with N(0, 0.01) weights
