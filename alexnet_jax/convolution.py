@@ -268,8 +268,8 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
 
   Same values as :func:`conv` up to float rounding (the transforms add
   a few ulps: about 2e-6 relative for conv3's shape, 6e-6 for conv2's) and
-  the same gradients (reverse mode only: the input transform's backward is
-  a ``custom_vjp``, so ``jax.jvp`` through the input is refused). The tile
+  the same gradients (reverse mode only: the transforms' backward passes
+  are ``custom_vjp``s, so ``jax.jvp`` through it is refused). The tile
   is ``WINOGRAD_TILES[k]``; other kernel sizes are refused. It computes in
   float32 (or wider) whatever the input type: in bfloat16 the transforms'
   rounding made 8% errors with 5x5 kernels, 26x those of the bfloat16
@@ -289,7 +289,7 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
   compute = jnp.promote_types(dtype, jnp.float32)  # float64 stays float64
   x, kernel = x.astype(compute), kernel.astype(compute)
   tile = WINOGRAD_TILES[k]
-  at, g, _ = winograd_matrices(tile, k)
+  _, g, _ = winograd_matrices(tile, k)
   n = tile + k - 1
   out_h = output_size(h, k, 1, padding[0])
   out_w = output_size(w, k, 1, padding[1])
