@@ -72,6 +72,18 @@ def output_size(size: int, kernel_size: int, stride: int,
   return (size + pad[0] + pad[1] - kernel_size) // stride + 1
 
 
+def _pad_to(x: jax.Array, padding: Padding, height: int, width: int
+            ) -> jax.Array:
+  """``padding``'s top and left, then zeros (or a crop, where negative) to
+  ``height x width``."""
+  _, h, w, _ = x.shape
+  return lax.pad(x, jnp.zeros((), x.dtype), [
+      (0, 0, 0),
+      (padding[0][0], height - h - padding[0][0], 0),
+      (padding[1][0], width - w - padding[1][0], 0),
+      (0, 0, 0)])
+
+
 def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
                  padding: Padding) -> jax.Array:
   """``conv(x, kernel, stride, padding)`` as one matmul over patches.
@@ -87,11 +99,7 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
   blocks = _cdiv(k, s)  # kernel extent in blocks
   # Rows/columns the blocks need: pad (or crop rows no output reads).
   need_h, need_w = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
-  x = lax.pad(x, jnp.zeros((), x.dtype), [
-      (0, 0, 0),
-      (padding[0][0], need_h - h - padding[0][0], 0),
-      (padding[1][0], need_w - w - padding[1][0], 0),
-      (0, 0, 0)])
+  x = _pad_to(x, padding, need_h, need_w)
   # Space-to-depth: (n, bi, di, bj, dj, c) -> (n, bi, bj, di, dj, c).
   x = x.reshape(n, need_h // s, s, need_w // s, s, channels)
   x = x.transpose(0, 1, 3, 2, 4, 5)
@@ -297,11 +305,7 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
   # Rows (columns) the blocks read, padded to whole phases.
   need_h = (tiles_h + _cdiv(k - 1, tile)) * tile
   need_w = (tiles_w + _cdiv(k - 1, tile)) * tile
-  x = lax.pad(x, 0.0, [
-      (0, 0, 0),
-      (padding[0][0], need_h - h - padding[0][0], 0),
-      (padding[1][0], need_w - w - padding[1][0], 0),
-      (0, 0, 0)])
+  x = _pad_to(x, padding, need_h, need_w)
   # B^T d B for every block: n*n arrays (images, tiles_h, tiles_w, c).
   v = [col for row in _block_transform(x, k, tile, 1, tiles_h)
        for col in _block_transform(row, k, tile, 2, tiles_w)]
