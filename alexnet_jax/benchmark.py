@@ -237,7 +237,7 @@ def sweep_variants(config) -> list[dict[str, str]]:
 def one_at_a_time_variants(config) -> list[dict[str, str]]:
   """What 'auto' picks (``{}``), then each other choice of each field of
   ``sweep_variants`` with the rest at auto: 1 + the choices not taken, not
-  their product (72 for the paper net), for plans with many batch sizes."""
+  their product (96 for the paper net), for plans with many batch sizes."""
   auto = _implementations(_model(config))
   fields = {name for variant in sweep_variants(config) for name in variant}
   choices = models.get(config.model.name).implementation_choices

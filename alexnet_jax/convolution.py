@@ -9,14 +9,16 @@
   kernel covers and flattened, side by side: exactly ``k * k * channels``
   deep. Its gradients are XLA's gradients of a matmul (the weight
   gradient is ``patches^T @ grad``), so nothing is written by hand.
-* :func:`winograd_conv`: a stride-1 convolution by Winograd's minimal
+* :func:`winograd_conv`: the same function by Winograd's minimal
   filtering (Lavin and Gray, "Fast Algorithms for Convolutional Neural
-  Networks", 2016): each ``tile x tile`` block of outputs is computed from
-  a ``(tile + k - 1)``-square block of inputs with ``(tile + k - 1)**2``
-  multiplications per channel pair instead of ``tile**2 * k**2``, as that
-  many matmuls over all blocks. The transforms are fixed linear maps, so
-  autodiff gives both gradients, themselves Winograd products; only the
-  transforms' transposes are written out (``_block_transform``,
+  Networks", 2016): each ``tile x tile`` block of outputs of a stride-1
+  convolution is computed from a ``(tile + k - 1)``-square block of inputs
+  with ``(tile + k - 1)**2`` multiplications per channel pair instead of
+  ``tile**2 * k**2``, as that many matmuls over all blocks. A strided
+  convolution is first made a stride-1 one over space-to-depth blocks (the
+  kernel zero-padded to whole blocks). The transforms are fixed linear
+  maps, so autodiff gives both gradients, themselves Winograd products;
+  only the transforms' transposes are written out (``_block_transform``,
   ``_output_transform``), so that XLA:CPU runs them in stages.
 
 Why several: XLA:CPU runs AlexNet's convolutions well below its matmul rate,
@@ -27,8 +29,10 @@ implementations"). With few kernels a layer, writing the patches costs
 more than it saves. On GPU and TPU the native convolution is the one to
 use. Winograd then cuts the multiplications of the stride-1 layers
 (conv2-conv5, 13x13 and 27x27 maps) by 1.9x (3x3 kernels, 2x2 tiles) and
-5.8x (5x5, 4x4 tiles), which more than pays for its transforms on the CPU
-(docs/design.md, "Winograd for conv2-conv5").
+5.8x (5x5, 4x4 tiles), and conv1's, as a 3x3 convolution over 4x4 blocks
+of pixels with 5x5 tiles, by 3.9x, which more than pays for its
+transforms on the CPU (docs/design.md, "Winograd for conv2-conv5" and
+"Winograd for conv1, over blocks").
 ``models/alexnet.py`` chooses per layer width and backend.
 """
 
@@ -84,6 +88,24 @@ def _pad_to(x: jax.Array, padding: Padding, height: int, width: int
       (0, 0, 0)])
 
 
+def _space_to_depth(x: jax.Array, padding: Padding, stride: int,
+                    out_h: int, out_w: int, blocks: int) -> jax.Array:
+  """``x`` padded to the rows and columns the outputs read and cut into
+  ``stride x stride`` blocks: ``(n, block_row, block_col, row, col, c)``.
+
+  A stride-``s`` convolution with a ``blocks * s`` kernel reads blocks
+  ``i .. i + blocks - 1`` (rows) for output ``i``: a stride-1 convolution
+  over blocks.
+  """
+  n, _, _, channels = x.shape
+  s = stride
+  # Rows/columns the blocks need: pad (or crop rows no output reads).
+  need_h, need_w = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
+  x = _pad_to(x, padding, need_h, need_w)
+  x = x.reshape(n, need_h // s, s, need_w // s, s, channels)
+  return x.transpose(0, 1, 3, 2, 4, 5)
+
+
 def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
                  padding: Padding) -> jax.Array:
   """``conv(x, kernel, stride, padding)`` as one matmul over patches.
@@ -91,18 +113,13 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
   Same values (up to float32 summation order) and gradients as
   :func:`conv`; square kernels only.
   """
-  n, h, w, channels = x.shape
+  n, h, w, _ = x.shape
   k, _, _, features = kernel.shape
   s = stride
   out_h = output_size(h, k, s, padding[0])
   out_w = output_size(w, k, s, padding[1])
   blocks = _cdiv(k, s)  # kernel extent in blocks
-  # Rows/columns the blocks need: pad (or crop rows no output reads).
-  need_h, need_w = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
-  x = _pad_to(x, padding, need_h, need_w)
-  # Space-to-depth: (n, bi, di, bj, dj, c) -> (n, bi, bj, di, dj, c).
-  x = x.reshape(n, need_h // s, s, need_w // s, s, channels)
-  x = x.transpose(0, 1, 3, 2, 4, 5)
+  x = _space_to_depth(x, padding, s, out_h, out_w, blocks)
   # Block (i, j) holds kernel rows i*s .. i*s+s-1 (columns alike); where
   # the kernel ends inside a block (11 = 4 + 4 + 3 at stride 4) only its
   # first rows are taken, so the matmul is exactly k*k*c deep.
@@ -119,13 +136,33 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
           @ jnp.concatenate(weights, axis=0))
 
 
-# Winograd's output tile per kernel size, measured on the 2-core CPU
-# (forward and backward, the paper's shapes): larger tiles need fewer
+def _over_blocks(x: jax.Array, kernel: jax.Array, stride: int,
+                 padding: Padding, out_h: int, out_w: int
+                 ) -> tuple[jax.Array, jax.Array]:
+  """A strided convolution as a stride-1 one over ``stride x stride``
+  blocks: each block's pixels become channels, and the kernel, zero-padded
+  to whole blocks, is cut alike."""
+  k, _, channels, features = kernel.shape
+  blocks = _cdiv(k, stride)
+  x = _space_to_depth(x, padding, stride, out_h, out_w, blocks)
+  x = x.reshape(x.shape[:3] + (-1,))
+  kernel = jnp.pad(kernel, [(0, blocks * stride - k)] * 2 + [(0, 0)] * 2)
+  kernel = kernel.reshape(blocks, stride, blocks, stride, channels, features)
+  kernel = kernel.transpose(0, 2, 1, 3, 4, 5)
+  return x, kernel.reshape(blocks, blocks, -1, features)
+
+
+# Winograd's output tile per (kernel size, stride), measured on the 2-core
+# CPU (forward and backward, the paper's shapes): larger tiles need fewer
 # multiplications but more transform work and lose float32 digits. 3x3:
 # tiles of 2, 3 and 4 ran within 5% of each other, and 2 keeps the plain
 # convolution's error (2e-6 relative; 4: 1e-5). 5x5: 2 took twice as long
-# as 3, and 4 was 8% faster than 3 at the same error (6e-6).
-WINOGRAD_TILES = {3: 2, 5: 4}
+# as 3, and 4 was 8% faster than 3 at the same error (6e-6). 11x11 at
+# stride 4 (conv1; 3x3 over 4x4 blocks): 5, whose 11 tiles cover the 55x55
+# map exactly, was 1.3x faster than 2 and 1.1-1.2x faster than 4 (8e-6);
+# on configs/default.py's 23x23 map 4 was 13% faster than 5 (6 kernels a
+# tower), both at least 1.5x faster than XLA's convolution.
+WINOGRAD_TILES = {(3, 1): 2, (5, 1): 4, (11, 4): 5}
 # Interpolation points, in the order Lavin and Gray take them; the point
 # at infinity comes last in every matrix.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0)
@@ -272,35 +309,40 @@ _output_transform.defvjp(_output_transform_fwd, _output_transform_bwd)
 
 def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
                   padding: Padding) -> jax.Array:
-  """``conv(x, kernel, 1, padding)`` by Winograd's F(tile x tile, k x k).
+  """``conv(x, kernel, stride, padding)`` by Winograd's F(tile x tile, k x k).
 
   Same values as :func:`conv` up to float rounding (the transforms add
-  a few ulps: about 2e-6 relative for conv3's shape, 6e-6 for conv2's) and
-  the same gradients (reverse mode only: the transforms' backward passes
-  are ``custom_vjp``s, so ``jax.jvp`` through it is refused). The tile
-  is ``WINOGRAD_TILES[k]``; other kernel sizes are refused. It computes in
-  float32 (or wider) whatever the input type: in bfloat16 the transforms'
-  rounding made 8% errors with 5x5 kernels, 26x those of the bfloat16
-  convolution.
+  a few ulps: about 2e-6 relative for conv3's shape, 6e-6 for conv2's, 8e-6
+  for conv1's) and the same gradients (reverse mode only: the transforms'
+  backward passes are ``custom_vjp``s, so ``jax.jvp`` through it is
+  refused). The tile is ``WINOGRAD_TILES[(k, stride)]``; other kernels and
+  strides are refused. A strided convolution is first cut into
+  ``stride x stride`` blocks (as in :func:`patches_conv`), the kernel
+  zero-padded to whole blocks (11 -> 12 at stride 4: 19% more products,
+  which Winograd's 4.6x fewer repay), which leaves a stride-1 convolution
+  over the blocks. It computes in float32 (or wider) whatever the input
+  type: in bfloat16 the transforms' rounding made 8% errors with 5x5
+  kernels, 26x those of the bfloat16 convolution.
   """
   n_images, h, w, channels = x.shape
   k, _, _, features = kernel.shape
-  if stride != 1:
-    raise ValueError(f'winograd_conv computes stride-1 convolutions, not '
-                     f'stride {stride}; use patches_conv or conv.')
-  if k not in WINOGRAD_TILES:
-    raise ValueError(f'winograd_conv has tiles for kernel sizes '
-                     f'{sorted(WINOGRAD_TILES)} (WINOGRAD_TILES); got {k}. '
-                     f'Add an entry (and check its error), or use '
-                     f'patches_conv.')
+  if (k, stride) not in WINOGRAD_TILES:
+    raise ValueError(f'winograd_conv has tiles for (kernel size, stride) '
+                     f'{sorted(WINOGRAD_TILES)} (WINOGRAD_TILES); got '
+                     f'({k}, {stride}). Add an entry (and check its error), '
+                     f'or use patches_conv.')
+  tile = WINOGRAD_TILES[(k, stride)]
   dtype = x.dtype
   compute = jnp.promote_types(dtype, jnp.float32)  # float64 stays float64
   x, kernel = x.astype(compute), kernel.astype(compute)
-  tile = WINOGRAD_TILES[k]
+  out_h = output_size(h, k, stride, padding[0])
+  out_w = output_size(w, k, stride, padding[1])
+  if stride > 1:
+    x, kernel = _over_blocks(x, kernel, stride, padding, out_h, out_w)
+    k, _, channels, _ = kernel.shape
+    padding = ((0, 0), (0, 0))
   _, g, _ = winograd_matrices(tile, k)
   n = tile + k - 1
-  out_h = output_size(h, k, 1, padding[0])
-  out_w = output_size(w, k, 1, padding[1])
   tiles_h, tiles_w = _cdiv(out_h, tile), _cdiv(out_w, tile)
   # Rows (columns) the blocks read, padded to whole phases.
   need_h = (tiles_h + _cdiv(k - 1, tile)) * tile

@@ -27,18 +27,26 @@ def test_patches_equal_xla_convolution(shape, kernel, features, stride,
                                features, stride, padding)
 
 
-@pytest.mark.parametrize('shape,kernel,features,padding', [
-    ((2, 13, 13, 6), 3, 5, convolution.same_padding(3)),  # conv3-5's form
-    ((2, 27, 27, 4), 5, 3, convolution.same_padding(5)),  # conv2's
-    ((2, 6, 6, 3), 5, 2, convolution.same_padding(5)),  # map < one tile
-    ((1, 10, 7, 2), 3, 2, ((0, 0), (0, 0))),  # 'VALID', uneven tiles
-    ((1, 9, 11, 2), 3, 3, ((2, 0), (1, 2))),  # uneven padding
-    ((1, 5, 4, 1), 3, 2, ((4, 1), (0, 3))),  # padding wider than the kernel
-    ((1, 3, 3, 2), 3, 2, convolution.same_padding(3)),  # one partial tile
+@pytest.mark.parametrize('shape,kernel,features,stride,padding', [
+    ((2, 13, 13, 6), 3, 5, 1, convolution.same_padding(3)),  # conv3-5's
+    ((2, 27, 27, 4), 5, 3, 1, convolution.same_padding(5)),  # conv2's
+    ((2, 6, 6, 3), 5, 2, 1, convolution.same_padding(5)),  # map < one tile
+    ((1, 10, 7, 2), 3, 2, 1, ((0, 0), (0, 0))),  # 'VALID', uneven tiles
+    ((1, 9, 11, 2), 3, 3, 1, ((2, 0), (1, 2))),  # uneven padding
+    ((1, 5, 4, 1), 3, 2, 1, ((4, 1), (0, 3))),  # padding wider than kernel
+    ((1, 3, 3, 2), 3, 2, 1, convolution.same_padding(3)),  # a partial tile
+    # conv1 over 4x4 blocks: the paper's 55x55 map (11 whole tiles), with
+    # and without the overhang; configs/default.py's 23x23 (a partial
+    # tile); uneven padding that crops input rows no output reads.
+    ((2, 224, 224, 3), 11, 8, 4, ((0, 3), (0, 3))),
+    ((1, 227, 227, 3), 11, 8, 4, ((0, 0), (0, 0))),
+    ((2, 96, 96, 3), 11, 6, 4, ((0, 3), (0, 3))),
+    ((1, 33, 30, 2), 11, 3, 4, ((2, 0), (1, 2))),
 ])
-def test_winograd_equals_xla_convolution(shape, kernel, features, padding):
+def test_winograd_equals_xla_convolution(shape, kernel, features, stride,
+                                         padding):
   assert_equal_xla_convolution(convolution.winograd_conv, shape, kernel,
-                               features, 1, padding)
+                               features, stride, padding)
 
 
 def assert_equal_xla_convolution(lowering, shape, kernel, features, stride,
@@ -129,12 +137,13 @@ def test_winograd_in_narrow_types_is_as_close_as_xlas(dtype):
   assert errors[convolution.winograd_conv] <= 1.5 * errors[convolution.conv]
 
 
-def test_winograd_refuses_strides_and_tiles_it_cannot_do():
+def test_winograd_refuses_kernels_and_strides_without_a_tile():
   x = jnp.zeros((1, 8, 8, 1))
-  with pytest.raises(ValueError, match='stride-1.*not stride 2.*patches'):
+  tiles = r'\[\(3, 1\), \(5, 1\), \(11, 4\)\]'
+  with pytest.raises(ValueError, match=tiles + r'.*got \(3, 2\).*patches'):
     convolution.winograd_conv(x, jnp.zeros((3, 3, 1, 1)), 2,
                               convolution.same_padding(3))
-  with pytest.raises(ValueError, match=r'kernel sizes \[3, 5\].*got 4'):
+  with pytest.raises(ValueError, match=tiles + r'.*got \(4, 1\)'):
     convolution.winograd_conv(x, jnp.zeros((4, 4, 1, 1)), 1,
                               convolution.same_padding(4))
   with pytest.raises(ValueError, match='tile 8 with kernel 5 needs 11'):

@@ -209,7 +209,7 @@ def test_paper_init():
     alexnet.AUTO['accelerator'],
     dict(conv1_impl='per_tower', conv_impl='per_tower',
          pool_impl='strided_views', lrn_impl='autodiff'),
-    dict(conv_impl='patches'),
+    dict(conv1_impl='patches', conv_impl='patches'),
 ])
 def test_matches_reference_values_and_gradients(fields):
   m = alexnet.AlexNet(**SMALL_NET, **fields)
@@ -409,8 +409,8 @@ def test_bad_images_are_refused_before_compiling(shape, match):
     (dict(conv_impl='cudnn'),
      r"conv_impl 'cudnn'.*\['auto', 'per_tower', 'grouped', 'patches', "
      r"'winograd'\]"),
-    (dict(conv1_impl='winograd'), r"conv1_impl 'winograd'.*'patches'\]"),
-    (dict(conv1_impl='im2col'), r"conv1_impl 'im2col'.*'patches'"),
+    (dict(conv1_impl='im2col'),
+     r"conv1_impl 'im2col'.*'patches', 'winograd'\]"),
     (dict(pool_impl='avg'), r"pool_impl 'avg'.*'reduce_window'"),
     (dict(lrn_impl='tf'), r"lrn_impl 'tf'.*'autodiff'.*'custom_vjp'"),
 ])
@@ -425,17 +425,18 @@ def test_the_variants_cover_every_choice():
     assert set(choices) <= {case.get(name) for case in cases}, name
 
 
-def test_auto_picks_by_backend_and_conv1_width(monkeypatch):
+def test_auto_picks_by_backend_and_width(monkeypatch):
   """'auto' is the CPU set on CPU, the native set elsewhere; on CPU conv1
-  runs as patches only with enough kernels in the call; a field that is
-  set is kept."""
+  runs by Winograd at every width, conv2-conv5 only with enough kernels a
+  tower; a field that is set is kept."""
   assert alexnet.AlexNet().implementations() == alexnet.AUTO['cpu']
-  assert alexnet.AlexNet(model_axis='model').implementations()[
-      'conv1_impl'] == 'patches'  # 48 kernels a tower
-  small = alexnet.AlexNet(width=0.125)  # 6 a tower, 12 for both
-  assert small.implementations()['conv1_impl'] == 'grouped'
-  assert alexnet.AlexNet(width=0.125, conv1_impl='patches').implementations(
-  )['conv1_impl'] == 'patches'
+  assert alexnet.AlexNet(model_axis='model').implementations() == (
+      alexnet.AUTO['cpu'])  # one tower a call
+  small = alexnet.AlexNet(width=0.125)  # 6 to 24 kernels a tower
+  assert small.implementations()['conv1_impl'] == 'winograd'
+  assert small.implementations()['conv_impl'] == 'per_tower'
+  assert alexnet.AlexNet(width=0.125, conv_impl='patches').implementations(
+  )['conv_impl'] == 'patches'
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert alexnet.AlexNet().implementations() == alexnet.AUTO['accelerator']
   assert alexnet.AlexNet(pool_impl='strided_views').implementations()[

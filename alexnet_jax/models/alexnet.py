@@ -75,25 +75,29 @@ BIAS_ONE_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 # TPU backends are built around (unmeasured here: time them with
 # ``python -m alexnet_jax.benchmark --sweep``).
 IMPLEMENTATIONS = {
-    'conv1_impl': ('per_tower', 'grouped', 'patches'),
+    'conv1_impl': ('per_tower', 'grouped', 'patches', 'winograd'),
     'conv_impl': ('per_tower', 'grouped', 'patches', 'winograd'),  # conv2-5
     'pool_impl': tuple(pooling.IMPLEMENTATIONS),
     'lrn_impl': tuple(lrn.IMPLEMENTATIONS),
 }
 AUTO = {
-    # Convolutions as patches only with at least PATCHES_MIN_KERNELS kernels
-    # a tower (else CPU_NARROW): the patches are the same size whatever the
-    # kernel count, and with few kernels writing them costs more than the
-    # convolution (docs/design.md, "Per-backend implementations").
-    'cpu': dict(conv1_impl='patches', conv_impl='winograd',
+    # conv2-conv5 as Winograd only with at least WINOGRAD_MIN_KERNELS
+    # kernels a tower (else CPU_NARROW_CONV): its transformed inputs are the
+    # same size whatever the kernel count, and with few kernels writing them
+    # costs more than the convolution (docs/design.md, "Per-backend
+    # implementations"). conv1 runs by Winograd at every width.
+    'cpu': dict(conv1_impl='winograd', conv_impl='winograd',
                 pool_impl='separable', lrn_impl='custom_vjp'),
     'accelerator': dict(conv1_impl='grouped', conv_impl='grouped',
                         pool_impl='reduce_window', lrn_impl='autodiff'),
 }
-# Measured on the 2-core CPU: 6 to 24 kernels a tower (configs/default.py)
-# ran faster as convolutions, 48 and more (the paper's net) as patches.
-PATCHES_MIN_KERNELS = 32
-CPU_NARROW = dict(conv1_impl='grouped', conv_impl='per_tower')
+# Measured on the 2-core CPU, forward and backward per layer: conv2-conv5
+# with 16 to 24 kernels a tower (configs/default.py) ran as fast or faster
+# as convolutions; with 128 and more (the paper's net) Winograd was 1.4-3.2x
+# faster than the next lowering. conv1 by Winograd was 1.7x faster than the
+# next lowering with 6 kernels a tower and 1.7-2.5x with 48.
+WINOGRAD_MIN_KERNELS = 32
+CPU_NARROW_CONV = 'per_tower'
 # The lowerings that are matmuls over rearranged inputs (``convolution.py``).
 MATMUL_LOWERINGS = {'patches': convolution.patches_conv,
                     'winograd': convolution.winograd_conv}
@@ -193,8 +197,8 @@ class TowerConv(nn.Module):
   * ``'patches'``: one matmul over image patches (``convolution.py``), the
     towers' kernels side by side where they read the same input, one matmul
     per tower where not.
-  * ``'winograd'``: stride 1 only (conv2-conv5); Winograd's minimal
-    filtering (``convolution.py``), its matmuls shared or per tower as for
+  * ``'winograd'``: Winograd's minimal filtering (``convolution.py``; conv1
+    over 4x4 blocks of pixels), its matmuls shared or per tower as for
     ``'patches'``.
   """
   features: int
@@ -349,12 +353,10 @@ class AlexNet(nn.Module):
     """Each ``*_impl`` field, with 'auto' resolved for this backend."""
     auto = auto_implementations()
     kernels = self.tower_features()
-    narrow = {'conv1_impl': kernels['conv1'] < PATCHES_MIN_KERNELS,
-              'conv_impl': min(kernels[f'conv{i}'] for i in range(2, 6))
-                           < PATCHES_MIN_KERNELS}
-    for name, is_narrow in narrow.items():
-      if auto[name] in MATMUL_LOWERINGS and is_narrow:
-        auto[name] = CPU_NARROW[name]
+    narrow = min(kernels[f'conv{i}'] for i in range(2, 6)) < (
+        WINOGRAD_MIN_KERNELS)
+    if narrow and auto['conv_impl'] in MATMUL_LOWERINGS:
+      auto['conv_impl'] = CPU_NARROW_CONV
     return {name: auto[name] if getattr(self, name) == 'auto'
             else getattr(self, name) for name in IMPLEMENTATIONS}
 
