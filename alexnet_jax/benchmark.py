@@ -27,10 +27,12 @@ field to keep it fixed), one after another at each batch size: one JSON
 line per variant (with ``auto``: whether it is what 'auto' picks here),
 then a markdown table, fastest first per batch size.
 
-``--compare`` times the paper net against experiments/pytorch_baseline.py
-(PyTorch, in its own process), with LRN and without, the four steps
-interleaved, and adds ``pytorch`` and the ratios ``speedup_with_lrn`` and
-``speedup_without_lrn`` to the JSON line.
+``--compare`` times the config's net against the same net in
+experiments/pytorch_baseline.py (PyTorch, in its own process; the paper's
+net at any width, image_size, num_classes and dropout_rate, e.g.
+configs/imagenet.py's and configs/default.py's), with LRN and without,
+the four steps interleaved, and adds ``pytorch`` and the ratios
+``speedup_with_lrn`` and ``speedup_without_lrn`` to the JSON line.
 
 ``--suite`` measures the machine within ``--budget_s`` (8 minutes): on a
 GPU or TPU the config's net on one device at batch 128 to 1024 in float32
@@ -44,7 +46,7 @@ gradient and, past conv1, the input's) at the config's batch size,
 in every lowering its field allows (``conv1_impl`` for conv1, ``conv_impl``
 for conv2-conv5), all layers and lowerings interleaved: one JSON line per
 layer with the median milliseconds of each, the fastest and what 'auto'
-picks. With ``--compare`` (the paper net only) each layer of
+picks. With ``--compare`` each layer of
 experiments/pytorch_baseline.py's net is timed in turn too, and the line
 adds ``pytorch_ms`` and ``speedup_vs_pytorch`` (PyTorch's time over that
 of the lowering 'auto' picks).
@@ -529,24 +531,32 @@ class _PyTorchRunner:
     return statistics.median(self.times)
 
 
-def _check_paper_net(config, flag: str) -> None:
-  """The PyTorch port is the paper net at full size, nothing else."""
+def _ported_net(config, flag: str) -> dict:
+  """The flags that make experiments/pytorch_baseline.py's port this
+  config's net: the paper's (two towers, ReLU, 3/2 pooling, LRN within each
+  tower) at any width, input size, class count and dropout. Anything else
+  is refused."""
   model = _model(config)
-  paper = (config.model.name == 'alexnet' and model.towers == 2
-           and model.width == 1.0 and model.image_size == 224
-           and model.num_classes == 1000 and model.activation == 'relu')
-  if not paper:
+  ported = (config.model.name == 'alexnet' and model.towers == 2
+            and model.activation == 'relu' and not model.lrn_across_towers
+            and (model.pool_window, model.pool_stride) == (3, 2))
+  if not ported:
     raise ValueError(
-        'experiments/pytorch_baseline.py is the paper net (alexnet, towers=2, '
-        f'width=1.0, image_size=224, num_classes=1000, relu) only; {flag} '
-        f'needs that config, got model {config.model.to_dict()}.')
+        'experiments/pytorch_baseline.py ports the paper\'s net (alexnet, '
+        'towers=2, relu, 3/2 pooling, LRN within each tower) at any width, '
+        f'image_size, num_classes and dropout_rate; {flag} needs such a '
+        f'config, got model {config.model.to_dict()}.')
+  return dict(width=model.width, image_size=model.image_size,
+              num_classes=model.num_classes, dropout=model.dropout_rate)
 
 
-def _start_baseline(batch_size: int) -> tuple[subprocess.Popen, dict]:
-  """The baseline serving steps, and its framework line; a clear error
-  when PyTorch is missing."""
+def _start_baseline(batch_size: int, net: dict
+                    ) -> tuple[subprocess.Popen, dict]:
+  """The baseline serving steps of ``net`` (``_ported_net``), and its
+  framework line; a clear error when PyTorch is missing."""
   process = subprocess.Popen(
-      [sys.executable, BASELINE, f'--batch_size={batch_size}', '--serve'],
+      [sys.executable, BASELINE, f'--batch_size={batch_size}', '--serve']
+      + [f'--{flag}={value}' for flag, value in net.items()],
       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   first = process.stdout.readline()
   if not first:
@@ -568,15 +578,15 @@ def compare(config, steps: int, warmup: int) -> dict:
   ``speedup_without_lrn``: ours over PyTorch's images per second).
 
   Raises:
-    ValueError: the config is not the paper's net at full size (the port
-      is that net only), or PyTorch is not installed.
+    ValueError: the port cannot build the config's net (``_ported_net``),
+      or PyTorch is not installed.
   """
   _check_counts(steps, warmup)
   _check_batch(config.batch_size)
-  _check_paper_net(config, '--compare')
+  net = _ported_net(config, '--compare')
   _check_lrn(config, '--compare')
   ours = [_Runner(config), _Runner(config, use_lrn=False)]
-  process, framework = _start_baseline(config.batch_size)
+  process, framework = _start_baseline(config.batch_size, net)
   try:
     theirs = [_PyTorchRunner(process, 'lrn'),
               _PyTorchRunner(process, 'no_lrn')]
@@ -690,7 +700,7 @@ def benchmark_convolutions(config, steps: int, warmup: int,
   _check_batch(config.batch_size)
   layers = conv_layers(config)
   if against_pytorch:
-    _check_paper_net(config, '--part=conv --compare')
+    net = _ported_net(config, '--part=conv --compare')
   # What 'auto' picks here, whatever the config sets.
   auto = _implementations(_model(config, conv1_impl='auto',
                                  conv_impl='auto'))
@@ -704,7 +714,7 @@ def benchmark_convolutions(config, steps: int, warmup: int,
   ours = [r for *_, by_impl in runs for r in by_impl.values()]
   theirs = {}
   if against_pytorch:
-    process, framework = _start_baseline(config.batch_size)
+    process, framework = _start_baseline(config.batch_size, net)
     try:
       theirs = {layer.name: _PyTorchRunner(process, layer.name)
                 for layer, *_ in runs}
@@ -894,8 +904,9 @@ if __name__ == '__main__':
   flags.DEFINE_list('batch_sizes', [], 'Batch sizes for --sweep (default: '
                     'the config\'s).')
   flags.DEFINE_bool('compare', False,
-                    'Time the paper net against experiments/pytorch_baseline.py'
-                    ', with and without LRN, interleaved; print both ratios '
+                    'Time the net against the same net in '
+                    'experiments/pytorch_baseline.py, with and without LRN, '
+                    'interleaved; print both ratios '
                     '(with --part=conv: each convolution layer).')
   flags.DEFINE_bool('suite', False,
                     'Measure this machine: the sweep at several batch sizes '

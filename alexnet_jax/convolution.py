@@ -89,21 +89,30 @@ def _pad_to(x: jax.Array, padding: Padding, height: int, width: int
 
 
 def _space_to_depth(x: jax.Array, padding: Padding, stride: int,
-                    out_h: int, out_w: int, blocks: int) -> jax.Array:
-  """``x`` padded to the rows and columns the outputs read and cut into
-  ``stride x stride`` blocks: ``(n, block_row, block_col, row, col, c)``.
+                    rows: int, cols: int) -> jax.Array:
+  """``x`` with ``padding``'s top and left, cut into ``stride x stride``
+  blocks and padded with zeros (or cropped) to ``rows x cols`` of them:
+  ``(n, block_row, block_col, row, col, c)``.
 
   A stride-``s`` convolution with a ``blocks * s`` kernel reads blocks
   ``i .. i + blocks - 1`` (rows) for output ``i``: a stride-1 convolution
-  over blocks.
+  over blocks. The pixels are padded only to whole blocks (nothing for
+  conv1's 224 rows), the rest as whole blocks after the cut: so the input
+  is padded once, straight to what the caller reads (Winograd's tiles:
+  60 blocks for conv1's 57), not padded, cut and padded again.
   """
-  n, _, _, channels = x.shape
+  n, h, w, channels = x.shape
   s = stride
-  # Rows/columns the blocks need: pad (or crop rows no output reads).
-  need_h, need_w = (out_h - 1 + blocks) * s, (out_w - 1 + blocks) * s
-  x = _pad_to(x, padding, need_h, need_w)
-  x = x.reshape(n, need_h // s, s, need_w // s, s, channels)
-  return x.transpose(0, 1, 3, 2, 4, 5)
+  (top, _), (left, _) = padding
+  # Python's floor division: a negative padding crops whole blocks too.
+  x = _pad_to(x, ((top % s, 0), (left % s, 0)),
+              _cdiv(h + top % s, s) * s, _cdiv(w + left % s, s) * s)
+  x = x.reshape(n, x.shape[1] // s, s, x.shape[2] // s, s, channels)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return lax.pad(x, jnp.zeros((), x.dtype), [
+      (0, 0, 0),
+      (top // s, rows - x.shape[1] - top // s, 0),
+      (left // s, cols - x.shape[2] - left // s, 0)] + [(0, 0, 0)] * 3)
 
 
 def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
@@ -119,7 +128,7 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
   out_h = output_size(h, k, s, padding[0])
   out_w = output_size(w, k, s, padding[1])
   blocks = _cdiv(k, s)  # kernel extent in blocks
-  x = _space_to_depth(x, padding, s, out_h, out_w, blocks)
+  x = _space_to_depth(x, padding, s, out_h - 1 + blocks, out_w - 1 + blocks)
   # Block (i, j) holds kernel rows i*s .. i*s+s-1 (columns alike); where
   # the kernel ends inside a block (11 = 4 + 4 + 3 at stride 4) only its
   # first rows are taken, so the matmul is exactly k*k*c deep.
@@ -137,14 +146,14 @@ def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,
 
 
 def _over_blocks(x: jax.Array, kernel: jax.Array, stride: int,
-                 padding: Padding, out_h: int, out_w: int
+                 padding: Padding, rows: int, cols: int
                  ) -> tuple[jax.Array, jax.Array]:
   """A strided convolution as a stride-1 one over ``stride x stride``
-  blocks: each block's pixels become channels, and the kernel, zero-padded
-  to whole blocks, is cut alike."""
+  blocks (``rows x cols`` of them): each block's pixels become channels,
+  and the kernel, zero-padded to whole blocks, is cut alike."""
   k, _, channels, features = kernel.shape
   blocks = _cdiv(k, stride)
-  x = _space_to_depth(x, padding, stride, out_h, out_w, blocks)
+  x = _space_to_depth(x, padding, stride, rows, cols)
   x = x.reshape(x.shape[:3] + (-1,))
   kernel = jnp.pad(kernel, [(0, blocks * stride - k)] * 2 + [(0, 0)] * 2)
   kernel = kernel.reshape(blocks, stride, blocks, stride, channels, features)
@@ -159,9 +168,10 @@ def _over_blocks(x: jax.Array, kernel: jax.Array, stride: int,
 # convolution's error (2e-6 relative; 4: 1e-5). 5x5: 2 took twice as long
 # as 3, and 4 was 8% faster than 3 at the same error (6e-6). 11x11 at
 # stride 4 (conv1; 3x3 over 4x4 blocks): 5, whose 11 tiles cover the 55x55
-# map exactly, was 1.3x faster than 2 and 1.1-1.2x faster than 4 (8e-6);
-# on configs/default.py's 23x23 map 4 was 13% faster than 5 (6 kernels a
-# tower), both at least 1.5x faster than XLA's convolution.
+# map exactly, took 95 ms, 2 122 and 4 109 (8e-6 relative); on
+# configs/default.py's 23x23 map 4 took 15.2 ms and 5 17.1, both ahead of
+# XLA's convolution (35.3): one tile per (kernel, stride) keeps it simple.
+# (docs/design.md, "Winograd for conv1, over blocks".)
 WINOGRAD_TILES = {(3, 1): 2, (5, 1): 4, (11, 4): 5}
 # Interpolation points, in the order Lavin and Gray take them; the point
 # at infinity comes last in every matrix.
@@ -324,7 +334,7 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
   type: in bfloat16 the transforms' rounding made 8% errors with 5x5
   kernels, 26x those of the bfloat16 convolution.
   """
-  n_images, h, w, channels = x.shape
+  n_images, h, w, _ = x.shape
   k, _, _, features = kernel.shape
   if (k, stride) not in WINOGRAD_TILES:
     raise ValueError(f'winograd_conv has tiles for (kernel size, stride) '
@@ -332,26 +342,30 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
                      f'({k}, {stride}). Add an entry (and check its error), '
                      f'or use patches_conv.')
   tile = WINOGRAD_TILES[(k, stride)]
+  out_h = output_size(h, k, stride, padding[0])
+  out_w = output_size(w, k, stride, padding[1])
+  blocks = _cdiv(k, stride)  # the kernel's extent in blocks (k at stride 1)
+  _, g, _ = winograd_matrices(tile, blocks)
+  n = tile + blocks - 1
+  tiles_h, tiles_w = _cdiv(out_h, tile), _cdiv(out_w, tile)
+  # Rows (columns) the blocks read, padded to whole phases.
+  need_h = (tiles_h + _cdiv(blocks - 1, tile)) * tile
+  need_w = (tiles_w + _cdiv(blocks - 1, tile)) * tile
+  if stride > 1:
+    x, kernel = _over_blocks(x, kernel, stride, padding, need_h, need_w)
+  else:
+    x = _pad_to(x, padding, need_h, need_w)
   dtype = x.dtype
   compute = jnp.promote_types(dtype, jnp.float32)  # float64 stays float64
   x, kernel = x.astype(compute), kernel.astype(compute)
-  out_h = output_size(h, k, stride, padding[0])
-  out_w = output_size(w, k, stride, padding[1])
-  if stride > 1:
-    x, kernel = _over_blocks(x, kernel, stride, padding, out_h, out_w)
-    k, _, channels, _ = kernel.shape
-    padding = ((0, 0), (0, 0))
-  _, g, _ = winograd_matrices(tile, k)
-  n = tile + k - 1
-  tiles_h, tiles_w = _cdiv(out_h, tile), _cdiv(out_w, tile)
-  # Rows (columns) the blocks read, padded to whole phases.
-  need_h = (tiles_h + _cdiv(k - 1, tile)) * tile
-  need_w = (tiles_w + _cdiv(k - 1, tile)) * tile
-  x = _pad_to(x, padding, need_h, need_w)
-  # B^T d B for every block: n*n arrays (images, tiles_h, tiles_w, c).
-  v = [col for row in _block_transform(x, k, tile, 1, tiles_h)
-       for col in _block_transform(row, k, tile, 2, tiles_w)]
-  v = jnp.stack(v).reshape(n * n, -1, channels)
+  channels = x.shape[-1]
+  # B^T d B for every block: (n, n, images, tiles_h, tiles_w, c). Each
+  # pass writes one stacked array; the n*n blocks of the second pass as
+  # arrays of their own, stacked afterwards, were n*n small loops and a
+  # copy (conv1: 1.45x slower at configs/default.py's shape).
+  rows = jnp.stack(_block_transform(x, blocks, tile, 1, tiles_h))
+  v = jnp.stack(_block_transform(rows, blocks, tile, 3, tiles_w), axis=1)
+  v = v.reshape(n * n, -1, channels)
   # G g G^T: (n*n, c, features), once per call.
   g = jnp.asarray(g, compute)
   u = jnp.einsum('ar,rsco,bs->abco', g, kernel, g)
@@ -359,5 +373,5 @@ def winograd_conv(x: jax.Array, kernel: jax.Array, stride: int,
   # The n*n products, each summed over channels: one batched matmul.
   m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
   m = m.reshape(n, n, n_images, tiles_h, tiles_w, features)
-  y = _output_transform(m, k, tile)
+  y = _output_transform(m, blocks, tile)
   return y[:, :out_h, :out_w].astype(dtype)

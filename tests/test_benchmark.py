@@ -1,6 +1,7 @@
 """The benchmark command: one JSON line with the documented fields."""
 
 import dataclasses
+import importlib.util
 import itertools
 import json
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from alexnet_jax import benchmark
 from configs import alexnet_owt
+from configs import default
 from configs import imagenet
 from conftest import on_tiny_dataset
 from conftest import small_config
@@ -221,12 +223,57 @@ def test_untimed_steps_run_but_are_never_recorded():
                    (2, True)]
 
 
-def test_compare_needs_the_paper_net():
-  with pytest.raises(ValueError, match='paper net.*width=1.0'):
-    benchmark.compare(smallest_config(), steps=1, warmup=0)
-  with pytest.raises(ValueError, match='paper net.*--part=conv --compare'):
-    benchmark.benchmark_convolutions(smallest_config(), steps=1, warmup=0,
+def test_compare_refuses_nets_the_port_cannot_build():
+  one_tower = smallest_config()
+  one_tower.model.towers = 1
+  with pytest.raises(ValueError, match="ports the paper's net.*towers=2"):
+    benchmark.compare(one_tower, steps=1, warmup=0)
+  pooled_2x2 = smallest_config()
+  pooled_2x2.model.update(pool_window=2, pool_stride=2)
+  with pytest.raises(ValueError, match='3/2 pooling.*--part=conv --compare'):
+    benchmark.benchmark_convolutions(pooled_2x2, steps=1, warmup=0,
                                      against_pytorch=True)
+
+
+def baseline_module():
+  spec = importlib.util.spec_from_file_location('pytorch_baseline',
+                                                benchmark.BASELINE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize('get_config', [default.get_config,
+                                        imagenet.get_config, smallest_config])
+def test_the_port_builds_the_configs_net(get_config):
+  """The PyTorch port of configs/default.py's narrow net (96 inputs, 10
+  classes), the paper's and the smallest: as many parameters as ours, and
+  each convolution with our kernels, stride and input size."""
+  port = baseline_module()
+  config = get_config()
+  config.batch_size = 2
+  net = benchmark._ported_net(config, 'test')
+  torch_net = port.alexnet(True, **net)
+  model = benchmark._model(config)
+  size = model.image_size
+  params = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                         train=False))
+  assert sum(p.numel() for p in torch_net.parameters()) == sum(
+      x.size for x in jax.tree_util.tree_leaves(params))
+  runners = port.conv_runners(torch_net, 2, size)
+  for (layer, shapes, shared), runner in zip(benchmark.conv_layers(config),
+                                             runners.values()):
+    conv, x = runner.conv, runner.x
+    assert conv.out_channels == 2 * layer.features
+    assert (conv.kernel_size, conv.stride) == ((layer.kernel_size,) * 2,
+                                               (layer.stride,) * 2)
+    n, h, _, c = shapes[0]
+    assert x.shape[:2] == (n, c if shared else 2 * c)
+    if layer.padding is None:  # 'SAME'; conv1's overhang is in the port's
+      assert x.shape[2:] == (h, h)  # input, in ours the conv's padding
+    else:
+      assert x.shape[2:] == (h + layer.padding[0][1],) * 2
 
 
 def test_conv_part_against_pytorch_times_the_same_layers():

@@ -18,7 +18,9 @@ from alexnet_jax import convolution
     ((2, 96, 96, 3), 11, 6, 4, ((0, 3), (0, 3))),  # configs/default.py
     ((2, 13, 13, 5), 5, 4, 1, convolution.same_padding(5)),  # conv2's form
     ((2, 9, 9, 4), 3, 3, 1, convolution.same_padding(3)),
-    ((1, 17, 15, 2), 7, 3, 3, ((1, 2), (2, 0))),  # uneven, unused rows
+    ((1, 17, 15, 2), 7, 3, 3, ((1, 2), (2, 0))),  # uneven
+    ((1, 30, 30, 2), 11, 3, 4, ((0, 0), (0, 0))),  # 2 rows no output reads
+    ((1, 34, 31, 2), 11, 3, 4, ((-3, -1), (2, -2))),  # negative: crops
     ((1, 8, 8, 2), 4, 2, 2, convolution.same_padding(4)),  # even kernel
 ])
 def test_patches_equal_xla_convolution(shape, kernel, features, stride,
@@ -37,16 +39,29 @@ def test_patches_equal_xla_convolution(shape, kernel, features, stride,
     ((1, 3, 3, 2), 3, 2, 1, convolution.same_padding(3)),  # a partial tile
     # conv1 over 4x4 blocks: the paper's 55x55 map (11 whole tiles), with
     # and without the overhang; configs/default.py's 23x23 (a partial
-    # tile); uneven padding that crops input rows no output reads.
+    # tile); uneven padding, not whole blocks; input rows no output reads;
+    # negative padding, which crops.
     ((2, 224, 224, 3), 11, 8, 4, ((0, 3), (0, 3))),
     ((1, 227, 227, 3), 11, 8, 4, ((0, 0), (0, 0))),
     ((2, 96, 96, 3), 11, 6, 4, ((0, 3), (0, 3))),
     ((1, 33, 30, 2), 11, 3, 4, ((2, 0), (1, 2))),
+    ((1, 30, 30, 2), 11, 3, 4, ((0, 0), (0, 0))),
+    ((1, 34, 31, 2), 11, 3, 4, ((-3, -1), (2, -2))),
 ])
 def test_winograd_equals_xla_convolution(shape, kernel, features, stride,
                                          padding):
   assert_equal_xla_convolution(convolution.winograd_conv, shape, kernel,
                                features, stride, padding)
+
+
+@pytest.mark.parametrize('kernel,stride', [(4, 2), (8, 4), (3, 4), (5, 2)])
+def test_winograd_at_any_stride_given_a_tile(monkeypatch, kernel, stride):
+  """Any (kernel, stride) with a tile runs over blocks: a kernel of whole
+  blocks, a stride wider than the kernel (1x1 over blocks), one that ends
+  inside a block; padding not in whole blocks."""
+  monkeypatch.setitem(convolution.WINOGRAD_TILES, (kernel, stride), 2)
+  assert_equal_xla_convolution(convolution.winograd_conv, (1, 19, 17, 2),
+                               kernel, 3, stride, ((1, 2), (3, 0)))
 
 
 def assert_equal_xla_convolution(lowering, shape, kernel, features, stride,

@@ -4,9 +4,9 @@ The net is written once, per tower, with activations carried as a list that
 holds one array per tower this call computes:
 
 * ``model_axis=None`` (default): both towers run on this device (as
-  separate convolutions, one grouped convolution or patch matmuls: the
-  ``*_impl`` fields, chosen per backend), and a crossing concatenates the
-  towers' channels.
+  separate convolutions, one grouped convolution, patch matmuls or
+  Winograd's matmuls: the ``*_impl`` fields, chosen per backend), and a
+  crossing concatenates the towers' channels.
 * ``model_axis='model'``: inside ``jax.shard_map`` over a mesh axis of that
   name with one tower per device, this call computes the local tower only and
   a crossing is a collective over the axis.
@@ -83,19 +83,21 @@ IMPLEMENTATIONS = {
 AUTO = {
     # conv2-conv5 as Winograd only with at least WINOGRAD_MIN_KERNELS
     # kernels a tower (else CPU_NARROW_CONV): its transformed inputs are the
-    # same size whatever the kernel count, and with few kernels writing them
-    # costs more than the convolution (docs/design.md, "Per-backend
-    # implementations"). conv1 runs by Winograd at every width.
+    # same size whatever the kernel count, and on narrow layers it gains
+    # nothing over the convolution (docs/design.md, "Winograd for
+    # conv2-conv5"). conv1 runs by Winograd at every width.
     'cpu': dict(conv1_impl='winograd', conv_impl='winograd',
                 pool_impl='separable', lrn_impl='custom_vjp'),
     'accelerator': dict(conv1_impl='grouped', conv_impl='grouped',
                         pool_impl='reduce_window', lrn_impl='autodiff'),
 }
-# Measured on the 2-core CPU, forward and backward per layer: conv2-conv5
-# with 16 to 24 kernels a tower (configs/default.py) ran as fast or faster
-# as convolutions; with 128 and more (the paper's net) Winograd was 1.4-3.2x
-# faster than the next lowering. conv1 by Winograd was 1.7x faster than the
-# next lowering with 6 kernels a tower and 1.7-2.5x with 48.
+# Measured on the 2-core CPU, each layer forward and backward as the step
+# runs it (benchmark --part=conv): conv2-conv5 with 16 to 24 kernels a
+# tower (configs/default.py) ran within 1 ms of their per-tower
+# convolutions by Winograd, either way; with 128 and more (the paper's net)
+# Winograd was 1.4-3.3x faster than the next lowering. conv1 by Winograd
+# was 2.1x faster than 'grouped', its lowering before, with 6 kernels a
+# tower, and 2.5-2.9x faster than 'patches' with 48.
 WINOGRAD_MIN_KERNELS = 32
 CPU_NARROW_CONV = 'per_tower'
 # The lowerings that are matmuls over rearranged inputs (``convolution.py``).
