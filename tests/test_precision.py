@@ -27,13 +27,18 @@ from conftest import small_config
 # weight init of N(0, 0.05) and rate 0.02 so that the small net learns
 # within them (with the paper's N(0, 0.01) it stays at chance this long).
 FOLLOW_STEPS, FOLLOW_BATCH, FOLLOW_WINDOW, FOLLOW_SIZE = 300, 20, 50, 64
-# Measured on the 2-core machine (2026-12-02), in nats: over the first 150
-# steps the windows of bfloat16 and float16 stay within 0.04 of float32's;
-# by step 300 within 0.22 and 0.11, about what separates two float32 runs
-# whose initial weights differ by one part in a million (0.21): training at
-# this rate is chaotic, so later windows are held only to twice the spread
-# any two runs have. Each run falls by 0.4-0.6 nats.
-FOLLOW_EARLY_WINDOWS, FOLLOW_EARLY_TOLERANCE = 3, 0.1
+# Measured on the 2-core machine, in nats. Training at this rate is
+# chaotic: two float32 runs whose initial weights differ by one part in
+# a million (or 1e-5) are within 0.033 of each other over the first 100
+# steps, but 0.056 apart in the third window and up to 0.21 later
+# (2026-12-05, conv1 by Winograd or as XLA's convolution alike). Each
+# window is held to about twice that spread: the first two to 0.07, the
+# rest to 0.4. bfloat16 and float16 stayed within 0.02 of float32 over the
+# first 100 steps with each of conv1's lowerings; in the third window two
+# of them reached 0.11-0.12, twice that window's spread, so the bound of
+# 0.1 set there on 2026-12-02 (with one lowering, 0.05) was too tight.
+# Each run falls by 0.4-0.6 nats.
+FOLLOW_EARLY_WINDOWS, FOLLOW_EARLY_TOLERANCE = 2, 0.07
 FOLLOW_TOLERANCE = 0.4
 FOLLOW_MIN_FALL = 0.3
 
