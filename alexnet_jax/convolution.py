@@ -79,13 +79,13 @@ def output_size(size: int, kernel_size: int, stride: int,
 def _pad_to(x: jax.Array, padding: Padding, height: int, width: int
             ) -> jax.Array:
   """``padding``'s top and left, then zeros (or a crop, where negative) to
-  ``height x width``."""
-  _, h, w, _ = x.shape
+  ``height x width``, on axes 1 and 2 (NHWC, or blocks of pixels)."""
+  h, w = x.shape[1:3]
   return lax.pad(x, jnp.zeros((), x.dtype), [
       (0, 0, 0),
       (padding[0][0], height - h - padding[0][0], 0),
-      (padding[1][0], width - w - padding[1][0], 0),
-      (0, 0, 0)])
+      (padding[1][0], width - w - padding[1][0], 0)]
+      + [(0, 0, 0)] * (x.ndim - 3))
 
 
 def _space_to_depth(x: jax.Array, padding: Padding, stride: int,
@@ -109,10 +109,7 @@ def _space_to_depth(x: jax.Array, padding: Padding, stride: int,
               _cdiv(h + top % s, s) * s, _cdiv(w + left % s, s) * s)
   x = x.reshape(n, x.shape[1] // s, s, x.shape[2] // s, s, channels)
   x = x.transpose(0, 1, 3, 2, 4, 5)
-  return lax.pad(x, jnp.zeros((), x.dtype), [
-      (0, 0, 0),
-      (top // s, rows - x.shape[1] - top // s, 0),
-      (left // s, cols - x.shape[2] - left // s, 0)] + [(0, 0, 0)] * 3)
+  return _pad_to(x, ((top // s, 0), (left // s, 0)), rows, cols)
 
 
 def patches_conv(x: jax.Array, kernel: jax.Array, stride: int,

@@ -3,10 +3,10 @@
 XLA:CPU allocates every large intermediate (Winograd's transformed
 inputs, pooling's views, the LRN's squares: tens to hundreds of MB a step)
 with ``malloc``, which maps fresh memory for each one; the first write to
-each 4 KiB page then faults. Measured on the 2-core machine: writing a new 167 MB array
-took 108 ms, 30 ms with huge pages; the paper net's train step at batch 32,
-conv1 as patches, ran 1.3x faster (docs/design.md, "Per-backend
-implementations").
+each 4 KiB page then faults. Measured on the 2-core machine: writing a new
+167 MB array took 108 ms, 30 ms with huge pages; the paper net's train step
+at batch 32, conv1 as patches, ran 1.3x faster (docs/design.md,
+"Per-backend implementations").
 
 glibc (2.35 and later) asks the kernel for huge pages for its mapped
 chunks when started with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``. A
