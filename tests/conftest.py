@@ -24,7 +24,9 @@ of a test module and tests/multihost_worker.py can call them too):
 
 import io
 import os
+import shutil
 import tarfile
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -135,6 +137,39 @@ def undecoded_examples(builder, split: str) -> list[dict]:
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
   return list(tfds.as_numpy(ds))
+
+
+# --------------------------------------------------------------------------
+# One compilation cache for the session.
+
+# Compiles that took at least this long are kept (JAX's default is 1 s).
+CACHE_MIN_COMPILE_S = '0.5'
+
+
+def pytest_configure(config):
+  """JAX's persistent compilation cache in a new temporary folder, shared by
+  the xdist workers and the runs tests start (through the environment they
+  inherit) and removed at the end: many tests compile the same train and
+  eval steps (the tiny config's, every run of test_train.py's), which
+  otherwise compile again in every run, for 5-10 s each on the 2-core
+  machine. Each session starts empty, so its time is what a clean clone
+  takes; what runs is the same compiled code."""
+  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # the first process
+    config.compilation_cache = tempfile.mkdtemp(prefix='alexnet_jax_jit_')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = config.compilation_cache
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = (
+        CACHE_MIN_COMPILE_S)
+  # jax read the environment when conftest imported it.
+  jax.config.update('jax_compilation_cache_dir',
+                    os.environ['JAX_COMPILATION_CACHE_DIR'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', float(
+      os.environ.get('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS',
+                     CACHE_MIN_COMPILE_S)))
+
+
+def pytest_unconfigure(config):
+  if hasattr(config, 'compilation_cache'):
+    shutil.rmtree(config.compilation_cache, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------

@@ -194,10 +194,9 @@ def test_sweep_of_every_choice_and_of_a_model_without_choices():
 
 
 def test_compare_against_pytorch_reports_both_ratios():
-  """The paper net at full size, batch 2, one step of each of the four."""
-  config = imagenet.get_config()
-  config.batch_size = 2
-  result = benchmark.compare(config, steps=1, warmup=0)
+  """One step of each of the four, on the smallest net the port builds
+  (the port's shapes at every width: test_the_port_builds_the_configs_net)."""
+  result = benchmark.compare(smallest_config(), steps=1, warmup=0)
   torch_rates = result['pytorch']
   assert torch_rates['framework'].startswith('pytorch ')
   # The rates are rounded to 0.01 images/s (a few percent at batch 2 on a
@@ -277,12 +276,10 @@ def test_the_port_builds_the_configs_net(get_config):
 
 
 def test_conv_part_against_pytorch_times_the_same_layers():
-  """The paper net at batch 1: each layer has PyTorch's time, and the
-  ratio is over the lowering 'auto' picks."""
-  config = imagenet.get_config()
-  config.batch_size = 1
-  results = benchmark.benchmark_convolutions(config, steps=1, warmup=0,
-                                             against_pytorch=True)
+  """Each layer has PyTorch's time, and the ratio is over the lowering
+  'auto' picks (the smallest net: every layer in every lowering compiles)."""
+  results = benchmark.benchmark_convolutions(smallest_config(), steps=1,
+                                             warmup=0, against_pytorch=True)
   assert [r['layer'] for r in results] == [f'conv{i}' for i in range(1, 6)]
   for r in results:
     assert r['pytorch']['framework'].startswith('pytorch ')

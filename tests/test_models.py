@@ -218,17 +218,17 @@ def test_matches_reference_values_and_gradients(fields):
   x = images(m)
   labels = jnp.array([1, 7])
 
-  def loss(f):
-    return lambda p: -jnp.mean(
-        jax.nn.log_softmax(f(p))[jnp.arange(2), labels])
+  @functools.partial(jax.jit, static_argnums=0)
+  def logits_and_grad(f, p):  # one compiled call a side
+    logits, vjp = jax.vjp(f, p)
+    loss = lambda z: -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(2), labels])
+    return logits, vjp(jax.grad(loss)(logits))[0]
 
-  ours = loss(lambda p: m.apply({'params': p}, x, train=False))
-  theirs = loss(lambda p: reference_logits(m, p, x))
-  np.testing.assert_allclose(
-      apply(m, params, x), jax.jit(lambda p: reference_logits(m, p, x))(params),
-      rtol=1e-4, atol=1e-4)
-  g_ours = jax.jit(jax.grad(ours))(params)
-  g_theirs = jax.jit(jax.grad(theirs))(params)
+  ours, g_ours = logits_and_grad(
+      lambda p: m.apply({'params': p}, x, train=False), params)
+  theirs, g_theirs = logits_and_grad(
+      lambda p: reference_logits(m, p, x), params)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
   for path, a in jax.tree_util.tree_leaves_with_path(g_ours):
     b = g_theirs
     for k in path:
@@ -260,24 +260,35 @@ def test_split_code_path_matches_one_device(impls):
                               rngs={'dropout': jax.random.key(5)}),
         in_axes=(axes,), axis_name='model')(params)
 
-  def run(train):
-    return apply(m, params, x, train, seed=5), split_run(per_tower, train)
+  # Values and every parameter's gradient (through the crossings'
+  # collectives) in one compiled call each way, jitted: op by op, the CPU
+  # lowerings' many small ops took 90 s here.
+  probe = jax.random.normal(jax.random.key(3), (x.shape[0], m.num_classes))
 
-  for train in (False, True):  # dropout masks follow the tower, not the call
-    one, both = run(train)
-    np.testing.assert_allclose(both[0], one, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(both[1], one, rtol=1e-5, atol=1e-6)
-  # And every parameter's gradient, through the crossings' collectives.
-  probe = jax.random.normal(jax.random.key(3), one.shape)
-  g_one = jax.grad(lambda p: jnp.vdot(
-      m.apply({'params': p}, x, train=False), probe))(params)
-  g_split = jax.grad(lambda p: jnp.vdot(split_run(p, False)[0], probe))(
-      per_tower)
+  def value_and_grad(f, cotangent):
+    def run(p):
+      out, vjp = jax.vjp(f, p)
+      return out, vjp(cotangent)[0]
+    return jax.jit(run)
+
+  one, g_one = value_and_grad(
+      lambda p: m.apply({'params': p}, x, train=False), probe)(params)
+  # The gradient of tower 0's call's output (each call's holds all logits).
+  both, g_split = value_and_grad(
+      lambda p: split_run(p, False),
+      jnp.stack([probe, jnp.zeros_like(probe)]))(per_tower)
+  np.testing.assert_allclose(both[0], one, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(both[1], one, rtol=1e-5, atol=1e-6)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_one),
                           jax.tree.leaves(g_split)):
     np.testing.assert_allclose(b.reshape(a.shape), a, rtol=1e-4,
                                atol=1e-5 * np.abs(a).max(),
                                err_msg=jax.tree_util.keystr(path))
+  # Dropout masks follow the tower, not the call; both towers' outputs.
+  one = apply(m, params, x, True, seed=5)
+  both = split_run(per_tower, True)
+  np.testing.assert_allclose(both[0], one, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(both[1], one, rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_only_in_training_and_deterministic():
