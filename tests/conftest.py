@@ -1,7 +1,9 @@
 """Shared test set-up and helpers.
 
 Environment: quiet TensorFlow; CPU only, with four CPU devices so that the
-split tests have a 2x2 mesh. Set before JAX is first imported.
+split tests have a 2x2 mesh. Set before JAX is first imported. JAX's
+persistent compilation cache in a temporary folder for the session (unless
+``JAX_COMPILATION_CACHE_DIR`` is set), shared by its processes.
 
 Fixtures:
 
@@ -144,6 +146,9 @@ def undecoded_examples(builder, split: str) -> list[dict]:
 
 # Compiles that took at least this long are kept (JAX's default is 1 s).
 CACHE_MIN_COMPILE_S = '0.5'
+# A size limit turns on JAX's file lock around every read and write of the
+# cache, which the processes share (a suite's entries take far less).
+CACHE_MAX_BYTES = str(8 << 30)
 
 
 def pytest_configure(config):
@@ -153,18 +158,22 @@ def pytest_configure(config):
   eval steps (the tiny config's, every run of test_train.py's), which
   otherwise compile again in every run, for 5-10 s each on the 2-core
   machine. Each session starts empty, so its time is what a clean clone
-  takes; what runs is the same compiled code."""
+  takes; what runs is the same compiled code. A cache the environment
+  already names is used as it is, and kept."""
   if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # the first process
     config.compilation_cache = tempfile.mkdtemp(prefix='alexnet_jax_jit_')
     os.environ['JAX_COMPILATION_CACHE_DIR'] = config.compilation_cache
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = (
         CACHE_MIN_COMPILE_S)
+    os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = CACHE_MAX_BYTES
   # jax read the environment when conftest imported it.
   jax.config.update('jax_compilation_cache_dir',
                     os.environ['JAX_COMPILATION_CACHE_DIR'])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', float(
       os.environ.get('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS',
                      CACHE_MIN_COMPILE_S)))
+  jax.config.update('jax_compilation_cache_max_size', int(
+      os.environ.get('JAX_COMPILATION_CACHE_MAX_SIZE', CACHE_MAX_BYTES)))
 
 
 def pytest_unconfigure(config):
