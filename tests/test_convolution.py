@@ -2,14 +2,13 @@
 (``lax.conv_general_dilated``): values and the gradients of both the input
 and the kernel; Winograd's matrices against a direct correlation."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from alexnet_jax import convolution
+from conftest import value_and_vjp
 
 
 @pytest.mark.parametrize('shape,kernel,features,stride,padding', [
@@ -72,17 +71,12 @@ def assert_equal_xla_convolution(lowering, shape, kernel, features, stride,
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, shape[-1], features)),
                   jnp.float32)
-  shape = jax.eval_shape(
-      lambda a, b: convolution.conv(a, b, stride, padding), x, w).shape
-  g = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def value_and_grads(f, x, w, g):  # jitted: op by op took seconds a case
-    y, vjp = jax.vjp(lambda a, b: f(a, b, stride, padding), x, w)
-    return y, vjp(g)
-
-  y_ref, grads_ref = value_and_grads(convolution.conv, x, w, g)
-  y, grads = value_and_grads(lowering, x, w, g)
+  reference = lambda a, b: convolution.conv(a, b, stride, padding)
+  g = jnp.asarray(rng.standard_normal(jax.eval_shape(reference, x, w).shape),
+                  jnp.float32)
+  y_ref, grads_ref = value_and_vjp(reference, g, x, w)
+  y, grads = value_and_vjp(lambda a, b: lowering(a, b, stride, padding), g,
+                           x, w)
   assert y.shape == y_ref.shape
   scale = np.abs(y_ref).max()
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * scale)

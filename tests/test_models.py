@@ -20,6 +20,7 @@ from alexnet_jax import models
 from alexnet_jax.models import alexnet
 from conftest import SMALL_NET
 from conftest import scaled
+from conftest import value_and_vjp
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -260,23 +261,14 @@ def test_split_code_path_matches_one_device(impls):
                               rngs={'dropout': jax.random.key(5)}),
         in_axes=(axes,), axis_name='model')(params)
 
-  # Values and every parameter's gradient (through the crossings'
-  # collectives) in one compiled call each way, jitted: op by op, the CPU
-  # lowerings' many small ops took 90 s here.
+  # Values and every parameter's gradient, through the crossings'
+  # collectives: of tower 0's call's output (each call's holds all logits).
   probe = jax.random.normal(jax.random.key(3), (x.shape[0], m.num_classes))
-
-  def value_and_grad(f, cotangent):
-    def run(p):
-      out, vjp = jax.vjp(f, p)
-      return out, vjp(cotangent)[0]
-    return jax.jit(run)
-
-  one, g_one = value_and_grad(
-      lambda p: m.apply({'params': p}, x, train=False), probe)(params)
-  # The gradient of tower 0's call's output (each call's holds all logits).
-  both, g_split = value_and_grad(
+  one, (g_one,) = value_and_vjp(
+      lambda p: m.apply({'params': p}, x, train=False), probe, params)
+  both, (g_split,) = value_and_vjp(
       lambda p: split_run(p, False),
-      jnp.stack([probe, jnp.zeros_like(probe)]))(per_tower)
+      jnp.stack([probe, jnp.zeros_like(probe)]), per_tower)
   np.testing.assert_allclose(both[0], one, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(both[1], one, rtol=1e-5, atol=1e-6)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_one),
